@@ -1,0 +1,179 @@
+"""MoVQ: parity with the official fixtures, official state-dict layouts, clip-wise video decoding, input errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusionframes.configs import MoVQConfig, load_release_config, official_config
+from fusionframes.errors import ConfigError, InputError
+from fusionframes.manifest import manifest_lines
+from fusionframes.movq import MoVQ, decode_video, encode_frames, official_clip_frames
+from fusionframes.parity.fixtures import Comparison, load_case
+
+FIXTURES = [
+    # case, release, config section, model file
+    ("k10_movq_roundtrip", "1.0", "movq", "k10/movq.pt"),
+    ("k11_movq_image_roundtrip", "1.1", "movq", "k11/movq.pt"),
+    ("k11_video_movq_decode_clip", "1.1", "video_movq", "k11/video_movq.pt"),
+]
+
+
+def _fixture_model(golden: Path, release: str, section: str, model: str) -> MoVQ:
+    folder = "k10" if release == "1.0" else "k11"
+    config = getattr(load_release_config(golden / "models" / folder / "configs.json", release), section)
+    movq = MoVQ(config).eval()
+    movq.load_state_dict(torch.load(golden / "models" / model, map_location="cpu", weights_only=True))
+    return movq
+
+
+@pytest.mark.parametrize(("case_name", "release", "section", "model"), FIXTURES)
+def test_matches_official_fixture(golden: Path, case_name: str, release: str, section: str, model: str) -> None:
+    movq = _fixture_model(golden, release, section, model)
+    case = load_case(golden, case_name)
+    tensors, rtol, atol = case.tensors, case.tolerance["rtol"], case.tolerance["atol"]
+    comparison = Comparison(case_name)
+    if "image" in tensors:
+        comparison.add("latent", movq.encode(tensors["image"]), tensors["latent"], rtol, atol)
+    comparison.add("decoded", movq.decode(tensors["latent"]), tensors["decoded"], rtol, atol)
+    # The pipelines' chunked decode gives the same for one short clip.
+    comparison.add("decode_video", decode_video(movq, tensors["latent"]), tensors["decoded"], rtol, atol)
+    assert comparison.ok, comparison.failures
+
+
+def test_video_fixture_needs_first_frame_attention_quirk(golden: Path) -> None:
+    """B-14 is what the official video decoder computes: turning it off moves the fixture's frames."""
+    movq = _fixture_model(golden, "1.1", "video_movq", "k11/video_movq.pt")
+    case = load_case(golden, "k11_video_movq_decode_clip")
+    assert movq.attention_norm_from_first_frame
+    movq.attention_norm_from_first_frame = False
+    decoded = movq.decode(case.tensors["latent"])
+    assert (decoded - case.tensors["decoded"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("release", "kind", "keys_file"), [
+    ("1.0", "movq", "k10_movq.txt"),
+    ("1.1", "movq", "k11_movq_image.txt"),
+    ("1.1", "video_movq", "k11_movq_video.txt"),
+])
+def test_official_state_dict_layout(golden: Path, release: str, kind: str, keys_file: str) -> None:
+    with torch.device("meta"):
+        movq = MoVQ(getattr(official_config(release), kind))
+    expected = (golden / "official_keys" / keys_file).read_text().splitlines()
+    assert manifest_lines(movq) == expected
+
+
+def _random_movq(temporal: bool, seed: int = 0) -> MoVQ:
+    """A tiny MoVQ (2 levels, downscale 2, attention at the latent level) with every weight random, merges included."""
+    config = MoVQConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=64, attn_resolutions=(32,),
+                        temporal=temporal, temporal_attention_block=temporal)
+    movq = MoVQ(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in movq.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if "temporal_merge" in name:
+                param.copy_(torch.rand(param.shape, generator=generator) * 0.6 + 0.2)
+            elif name.endswith("norm_layer.weight"):
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(0.1 * noise)
+    return movq
+
+
+def test_official_clip_frames() -> None:
+    # torch.chunk(N // 4) piece sizes for the official frame counts (B-28); N < 4 is one clip.
+    for frames, clip in {15: 5, 12: 4, 45: 5, 57: 5, 177: 5, 225: 5, 4: 4, 5: 5, 7: 7, 8: 4, 3: 3, 1: 1}.items():
+        assert official_clip_frames(frames) == clip
+        if frames >= 4:
+            sizes = [len(c) for c in torch.arange(frames).chunk(frames // 4)]
+            assert sizes == [len(c) for c in torch.arange(frames).split(clip)]
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 9, 13])
+def test_decode_video_default_chunking_matches_official(frames: int) -> None:
+    movq = _random_movq(temporal=True)
+    latents = torch.randn(frames, 4, 4, 4, generator=torch.Generator().manual_seed(frames))
+    expected = torch.cat([movq.decode(chunk) for chunk in latents.chunk(max(frames // 4, 1))])
+    seen: list[tuple[int, int]] = []
+    decoded = decode_video(movq, latents, progress=lambda done, total: seen.append((done, total)))
+    assert decoded.shape == (frames, 3, 8, 8) and decoded.dtype == torch.float32 and decoded.device.type == "cpu"
+    torch.testing.assert_close(decoded, expected, rtol=1e-5, atol=1e-5)
+    assert seen[-1] == (frames, frames)
+    if frames >= 8:  # clip borders matter: one long clip decodes differently
+        assert (movq.decode(latents) - expected).abs().max() > 1e-3
+
+
+def test_decode_video_clip_frames_override() -> None:
+    movq = _random_movq(temporal=True)
+    latents = torch.randn(7, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    expected = torch.cat([movq.decode(latents[:3]), movq.decode(latents[3:6]), movq.decode(latents[6:])])
+    torch.testing.assert_close(decode_video(movq, latents, clip_frames=3), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_clip_uses_first_frame_for_attention_norms() -> None:
+    """Within a clip, changing a later frame's latent reaches the other frames only through temporal layers; with the
+    temporal layers switched off the attention norms still see frame 0's latent for every frame (B-14)."""
+    movq = _random_movq(temporal=True)
+    with torch.no_grad():
+        for name, param in movq.decoder.named_parameters():
+            if "temporal_merge" in name or "temporal_attn" in name and "proj_out" in name:
+                param.zero_()
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    clip = movq.decode(latents)
+    # Frame 0 is computed as if alone; frame 2's spatial attention norms are driven by frame 0's latent.
+    torch.testing.assert_close(clip[0:1], movq.decode(latents[0:1]), rtol=1e-5, atol=1e-5)
+    assert (clip[2:3] - movq.decode(latents[2:3])).abs().max() > 1e-3
+    movq.attention_norm_from_first_frame = False
+    torch.testing.assert_close(movq.decode(latents)[2:3], movq.decode(latents[2:3]), rtol=1e-5, atol=1e-5)
+
+
+def test_image_decoder_is_batched_per_frame() -> None:
+    movq = _random_movq(temporal=False)
+    assert not movq.decodes_clips and not movq.attention_norm_from_first_frame
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    per_frame = torch.cat([movq.decode(latent[None]) for latent in latents])
+    torch.testing.assert_close(movq.decode(latents), per_frame, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decode_video(movq, latents, clip_frames=2), per_frame, rtol=1e-5, atol=1e-5)
+
+
+def test_encode_frames_in_batches() -> None:
+    movq = _random_movq(temporal=False)
+    images = torch.rand(5, 3, 8, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    latents = encode_frames(movq, images, batch=2)
+    assert latents.shape == (5, 4, 4, 8) and latents.dtype == torch.float32
+    torch.testing.assert_close(latents, movq.encode(images), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_raises_input_error() -> None:
+    movq = _random_movq(temporal=True)
+    with pytest.raises(InputError, match="channels"):
+        movq.decode(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(InputError, match="channels"):
+        movq.encode(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(InputError, match="multiples of 2"):
+        movq.encode(torch.zeros(1, 3, 8, 7))
+    with pytest.raises(InputError, match="shape"):
+        decode_video(movq, torch.zeros(4, 4, 4))
+    with pytest.raises(InputError, match="empty"):
+        decode_video(movq, torch.zeros(0, 4, 4, 4))
+    with pytest.raises(InputError, match="floating"):
+        encode_frames(movq, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(InputError, match="clip_frames"):
+        decode_video(movq, torch.zeros(4, 4, 4, 4), clip_frames=0)
+    with pytest.raises(InputError, match="batch"):
+        encode_frames(movq, torch.zeros(1, 3, 8, 8), batch=0)
+    with torch.device("meta"):
+        official = MoVQ(official_config("1.0").movq)
+    with pytest.raises(InputError, match="multiples of 8"):
+        official.encode(torch.zeros(1, 3, 60, 64, device="meta"))
+
+
+def test_bad_config_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="divisible"):
+        MoVQ(MoVQConfig(ch=48))
+    with pytest.raises(ConfigError, match="double_z"):
+        MoVQ(dataclasses.replace(MoVQConfig(ch=32, ch_mult=(1,)), double_z=True))
