@@ -1,0 +1,166 @@
+"""``python -m fusionframes``: generate videos, convert and inspect checkpoints, check parity with the official code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .configs import MODEL_KINDS, RELEASES
+from .errors import FusionFramesError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _progress_printer():
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, step: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"{stage:>14}", unit="step", leave=True)
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return progress
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import VideoPipeline, VideoRequest
+    from .video_io import load_image, write_video
+
+    text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
+    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
+                                         dtype=DTYPES[args.dtype] if args.dtype else None, offload=args.offload)
+    request = VideoRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt,
+        image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
+        seed=args.seed, steps=args.steps, guidance_scale=args.guidance, motion=args.motion,
+        num_keyframes=args.keyframes,
+    )
+    started = time.perf_counter()
+    result = pipeline.generate(request, progress=_progress_printer())
+    path = write_video(args.out, result.frames, result.fps)
+    print(f"{result.frames.shape[0]} frames {request.width}x{request.height} at {result.fps:g} fps, release "
+          f"{pipeline.release}, {time.perf_counter() - started:.1f} s")
+    print(f"video: {path}")
+    return 0
+
+
+def _default_text_encoder(models: Path) -> Path:
+    for candidate in (models / "text_encoder", models.parent / "text_encoder"):
+        if candidate.is_dir():
+            return candidate
+    raise FusionFramesError(f"no text encoder given and none found at {models / 'text_encoder'} or "
+                            f"{models.parent / 'text_encoder'}: pass --text-encoder (the google/flan-ul2 folder).")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert, inspect
+
+    count = convert(args.source, args.destination)
+    info = inspect(args.destination)
+    print(f"wrote {args.destination}: {count} tensors, release {info.release}, {info.kind}; verified tensor by tensor")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .checkpoints import official_manifest
+
+    sys.stdout.write("\n".join(official_manifest(args.release, args.model)) + "\n")
+    return 0
+
+
+def cmd_check_parity(args: argparse.Namespace) -> int:
+    from .parity.fixtures import list_cases
+    from .parity.report import run_all
+
+    root = Path(args.fixtures)
+    if not (root / "cases").is_dir():
+        raise FusionFramesError(f"{root} is not a fixture directory (no cases/ folder).")
+    names = args.case or list_cases(root)
+    return 0 if run_all(root, names, sys.stdout) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo_models import create_demo_models
+
+    root = create_demo_models(Path(args.models_dir))
+    print("!" * 78)
+    print("!! DEMO MODELS: tiny networks with RANDOM weights. The video below is noise, not a real generation.")
+    print("!! Put the official checkpoints in place and use 'generate' for real videos (see README).")
+    print("!" * 78)
+    args.models = str(root / ("k11" if args.release == "1.1" else "k10"))
+    args.text_encoder = str(root / "text_encoder")
+    return cmd_generate(args)
+
+
+def _generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="what the video shows")
+    parser.add_argument("--negative-prompt", default=None, help="1.0 only (1.1 ignores negative prompts)")
+    parser.add_argument("--image", default=None, help="first frame for image-to-video (1.1)")
+    parser.add_argument("--width", type=int, default=512, help="multiple of 64")
+    parser.add_argument("--height", type=int, default=512, help="multiple of 64")
+    parser.add_argument("--fps", choices=["low", "medium", "high"], default="low",
+                        help="interpolation passes: low 0, medium 1, high 2")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50, help="1.0 sampling steps (1.1 uses the official 50/10)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="keyframe (1.0) / first-frame (1.1) guidance")
+    parser.add_argument("--motion", choices=["low", "medium", "high", "extreme"], default="medium", help="1.1")
+    parser.add_argument("--keyframes", type=int, default=None, help="number of keyframes (default: 15 / 12)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="model weights dtype (default fp32)")
+    parser.add_argument("--offload", action="store_true", help="keep models on the CPU between their stages")
+    parser.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fusionframes", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="text (or image) to video with the official models")
+    generate.add_argument("--models", required=True, help="folder with the release's checkpoint files")
+    generate.add_argument("--text-encoder", default=None, help="google/flan-ul2 folder (default: MODELS/text_encoder)")
+    _generation_options(generate)
+    generate.set_defaults(run=cmd_generate)
+
+    demo = commands.add_parser("demo", help="create tiny random demo models and generate with them (noise!)")
+    demo.add_argument("--models-dir", default="demo_models")
+    demo.add_argument("--release", choices=RELEASES, default="1.1")
+    _generation_options(demo)
+    demo.set_defaults(run=cmd_demo)
+
+    convert = commands.add_parser("convert", help="write an official checkpoint as verified safetensors")
+    convert.add_argument("source")
+    convert.add_argument("destination")
+    convert.set_defaults(run=cmd_convert)
+
+    keys = commands.add_parser("keys", help="print the state-dict manifest of a model at the official size")
+    keys.add_argument("--release", choices=RELEASES, required=True)
+    keys.add_argument("--model", choices=MODEL_KINDS, required=True)
+    keys.set_defaults(run=cmd_keys)
+
+    parity = commands.add_parser("check-parity", help="run every case of a golden fixture directory")
+    parity.add_argument("fixtures", help="directory with cases/ and models/ (e.g. ../shared/golden)")
+    parity.add_argument("--case", action="append", help="only this case (repeatable)")
+    parity.set_defaults(run=cmd_check_parity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FusionFramesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

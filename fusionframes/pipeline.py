@@ -1,0 +1,206 @@
+"""The whole text-to-video pipeline of either release, outside ComfyUI (command line, library use, tests).
+
+Models are loaded from a release folder holding the official file names; each stage runs on the chosen device and,
+with ``offload``, goes back to the CPU when its stage is done, so only one large model occupies the GPU at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import stages
+from .checkpoints import LoadedModel, load_model
+from .configs import load_release_config, official_config
+from .errors import CheckpointError, InputError
+from .guidance import TextCondition
+from .noise import NoiseSource, SeededNoise
+from .text_encoder import TextEncoder
+
+#: official file names per release: (keyframe, interpolation, image MoVQ, temporal MoVQ, text projections)
+RELEASE_FILES = {
+    "1.0": {"keyframe": "kandinsky_video.pt", "interpolation": "kandinsky_video_interpolation.pt",
+            "movq": "movq.pt", "projections": "kandinsky_video.pt"},
+    "1.1": {"keyframe": "t2v.pt", "interpolation": "interpolation.pt", "movq": "movq.pt",
+            "video_movq": "video_movq.pt", "projections": "t5_projections.pt"},
+}
+FPS_PASSES = {"low": 0, "medium": 1, "high": 2}
+DEFAULT_INTERPOLATION_GUIDANCE = {"1.0": 0.25, "1.1": 0.5}
+
+#: progress(stage, step, total)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class VideoRequest:
+    """What to generate. Defaults are the official ``__call__`` defaults (B-27)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    image: Image.Image | None = None
+    width: int = 512
+    height: int = 512
+    fps: str = "low"
+    seed: int = 0
+    steps: int = 50
+    guidance_scale: float = 5.0
+    guidance_prompt: float = 5.0
+    guidance_image: float = 2.0
+    interpolation_guidance: float | None = None
+    motion: str = "medium"
+    noise_augmentation: int = 20
+    num_keyframes: int | None = None
+
+    def validate(self, release: str) -> None:
+        stages.check_size(self.width, self.height)
+        if self.fps not in FPS_PASSES:
+            raise InputError(f"fps must be one of {', '.join(FPS_PASSES)}, got {self.fps!r}.")
+        if self.motion not in stages.MOTION_SCORES:
+            raise InputError(f"motion must be one of {', '.join(stages.MOTION_SCORES)}, got {self.motion!r}.")
+        if self.image is not None and release != "1.1":
+            raise InputError("image-to-video needs the 1.1 models; 1.0 generates from text only.")
+        if self.num_keyframes is not None and self.num_keyframes < 2:
+            raise InputError(f"at least 2 keyframes are needed, got {self.num_keyframes}.")
+
+
+@dataclass
+class VideoResult:
+    frames: torch.Tensor  # (N, 3, H, W) float in [0, 1], CPU
+    fps: float
+    latents: torch.Tensor  # (N, 4, h, w)
+
+
+def detect_release(folder: Path) -> str:
+    for release in ("1.1", "1.0"):
+        if (folder / RELEASE_FILES[release]["keyframe"]).is_file():
+            return release
+    raise CheckpointError(
+        f"no Kandinsky Video models in {folder}: expected t2v.pt (1.1) or kandinsky_video.pt (1.0) there."
+    )
+
+
+class VideoPipeline:
+    """All models of one release plus the text encoder."""
+
+    def __init__(self, release: str, models: dict[str, LoadedModel], text: TextEncoder, device: torch.device,
+                 offload: bool = False) -> None:
+        self.release = release
+        self.models = models
+        self.text = text
+        self.device = device
+        self.offload = offload
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        text_encoder: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        offload: bool = False,
+    ) -> VideoPipeline:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"models folder not found: {folder}")
+        release = detect_release(folder)
+        files = RELEASE_FILES[release]
+        device = torch.device(device)
+        home = torch.device("cpu") if offload else device
+        models = {}
+        for kind in ("keyframe", "interpolation", "movq", "video_movq"):
+            if kind in files:
+                models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=dtype, device=home)
+        config_file = folder / "configs.json"
+        config = load_release_config(config_file, release) if config_file.is_file() else official_config(release)
+        text = TextEncoder.load(release, text_encoder, folder / files["projections"],
+                                max_length=config.text.tokens_length, context_dim=config.keyframe.context_dim,
+                                device=home)
+        return cls(release, models, text, device, offload)
+
+    def _use(self, kind: str) -> torch.nn.Module:
+        model = self.models[kind].model
+        return model.to(self.device) if self.offload else model
+
+    def _done(self, kind: str) -> None:
+        if self.offload:
+            self.models[kind].model.to("cpu")
+
+    def encode_text(self, request: VideoRequest) -> tuple[TextCondition, TextCondition | None]:
+        self.text.to(self.device)
+        negative = request.negative_prompt if self.release == "1.0" else None
+        encoded = self.text.encode(request.prompt, negative)
+        if self.offload:
+            self.text.to("cpu")
+        text = TextCondition(encoded.context, encoded.mask)
+        if encoded.negative_context is None:
+            return text, None
+        return text, TextCondition(encoded.negative_context, encoded.negative_mask)
+
+    def generate(self, request: VideoRequest, noise: NoiseSource | None = None,
+                 progress: Progress | None = None) -> VideoResult:
+        request.validate(self.release)
+        noise = noise or SeededNoise(request.seed)
+
+        def reporter(stage: str):
+            if progress is None:
+                return None
+            return lambda index, total, *rest: progress(stage, index + 1, total)
+
+        text, negative = self.encode_text(request)
+        keyframes = self._keyframes(request, text, negative, noise, reporter)
+        video = keyframes
+        passes = FPS_PASSES[request.fps]
+        for number in range(1, passes + 1):
+            groups = self._interpolate(request, text, video, noise, number, reporter)
+            video = stages.interleave(video, groups)
+        decoder = "video_movq" if "video_movq" in self.models else "movq"
+        movq = self._use(decoder)
+        frames = stages.decode_frames(movq, video, progress=(lambda done, total: progress("decode", done, total))
+                                      if progress else None)
+        self._done(decoder)
+        return VideoResult(frames, stages.fps_for(frames.shape[0], passes), video)
+
+    def _keyframes(self, request, text, negative, noise, reporter) -> torch.Tensor:
+        unet = self._use("keyframe")
+        try:
+            if self.release == "1.0":
+                return stages.sample_keyframes_10(
+                    unet, text, request.height, request.width, noise, steps=request.steps,
+                    guidance_scale=request.guidance_scale, num_frames=request.num_keyframes, negative=negative,
+                    on_step=reporter("keyframes"))
+            movq = self._use("movq")
+            if request.image is not None:
+                key_frame = stages.encode_image(movq, request.image, request.width, request.height)
+            else:
+                first = stages.sample_first_frame_11(unet, text, request.height, request.width, noise,
+                                                     guidance_scale=request.guidance_scale,
+                                                     on_step=reporter("first frame"))
+                key_frame = stages.first_frame_to_key_frame(movq, first, request.width, request.height)
+            self._done("movq")
+            return stages.sample_keyframes_11(
+                unet, text, key_frame, noise, num_frames=request.num_keyframes or 12,
+                guidance_text=request.guidance_prompt, guidance_image=request.guidance_image,
+                noise_augmentation=request.noise_augmentation, motion_score=stages.MOTION_SCORES[request.motion],
+                on_step=reporter("keyframes"))
+        finally:
+            self._done("keyframe")
+
+    def _interpolate(self, request, text, video, noise, number: int, reporter) -> torch.Tensor:
+        unet = self._use("interpolation")
+        guidance = request.interpolation_guidance
+        if guidance is None:
+            guidance = DEFAULT_INTERPOLATION_GUIDANCE[self.release]
+        phase, skip = f"interpolation{number}", stages.SKIP_FRAMES[number]
+        try:
+            if self.release == "1.0":
+                return stages.interpolate_10(unet, video, noise, steps=request.steps, guidance_scale=guidance,
+                                             skip_frames=skip, phase=phase, on_step=reporter(phase))
+            return stages.interpolate_11(unet, text, video, noise, guidance_scale=guidance, skip_frames=skip,
+                                         phase=phase, on_step=reporter(phase))
+        finally:
+            self._done("interpolation")
