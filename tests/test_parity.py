@@ -1,0 +1,59 @@
+"""Parity with the official code: every golden case through the same code path as ``check-parity``."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from fusionframes.cli import main
+from fusionframes.parity.checks import run_case
+from fusionframes.parity.fixtures import list_cases
+from tests.conftest import golden_dir
+
+SLOW = {"k10_sampling", "k11_sampling", "k11_pipeline_t2v_medium", "k11_pipeline_i2v_high"}
+CASES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in list_cases(golden_dir())]
+
+
+def test_all_fifteen_golden_cases_are_known():
+    assert len(CASES) == 15
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_case_matches_the_official_code(golden, name):
+    result = run_case(golden, name)
+    assert result.error is None, result.error
+    failures = [f for c in result.comparisons for f in c.failures]
+    assert result.ok, failures
+
+
+def _copy_fixture(golden, tmp_path, name):
+    """A fixture directory holding one case (models shared through a link)."""
+    root = tmp_path / "fixtures"
+    (root / "cases").mkdir(parents=True)
+    (root / "models").symlink_to(golden / "models")
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(golden / "cases" / f"{name}{suffix}", root / "cases" / f"{name}{suffix}")
+    (root / "cases" / "index.json").write_text(json.dumps([{"name": name}]))
+    return root
+
+
+def test_check_parity_fails_naming_the_case_whose_expected_tensor_is_corrupted(golden, tmp_path, capsys):
+    name = "k10_movq_roundtrip"
+    root = _copy_fixture(golden, tmp_path, name)
+    assert main(["check-parity", str(root)]) == 0
+    path = root / "cases" / f"{name}.safetensors"
+    tensors = load_file(str(path))
+    tensors["decoded"][0, 0, 0, 0] += 0.5
+    save_file(tensors, str(path))
+    assert main(["check-parity", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  {name}" in out and "decoded" in out and "0 of 1 cases pass" in out
+
+
+def test_check_parity_reports_an_unknown_case_as_a_failure(golden, tmp_path, capsys):
+    root = _copy_fixture(golden, tmp_path, "k10_movq_roundtrip")
+    shutil.copy(root / "cases" / "k10_movq_roundtrip.json", root / "cases" / "mystery_case.json")
+    shutil.copy(root / "cases" / "k10_movq_roundtrip.safetensors", root / "cases" / "mystery_case.safetensors")
+    assert main(["check-parity", str(root), "--case", "mystery_case"]) == 1
+    assert "no check is known" in capsys.readouterr().out
