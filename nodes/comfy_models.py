@@ -1,0 +1,144 @@
+"""ComfyUI side of model handling: model folders, ModelPatcher wrapping, devices, dtypes, progress.
+
+The engine's models are plain ``nn.Module``s; here they are put under ComfyUI's memory manager so that other
+graphs (an SDXL run, say) can push them off the GPU and they come back when our nodes run again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from torch import nn
+
+FOLDER = "fusionframes"
+TEXT_FOLDER = "text_encoders"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ["auto", "fp32", "bf16", "fp16"]
+
+
+def register_folders() -> None:
+    """``models/fusionframes`` for the checkpoints; FLAN-UL2 lives in the standard ``text_encoders`` folder."""
+    path = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+    else:
+        folder_paths.add_model_folder_path(FOLDER, path)
+
+
+def checkpoint_files() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def checkpoint_path(name: str) -> str:
+    """Resolve a dropdown value inside the model folders only (no path traversal), with a helpful error."""
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        raise FileNotFoundError(f"FusionFrames model {name!r} not found in {folders}. Put the official checkpoint "
+                                "files there (see the pack's README) and press R to refresh the list.")
+    return path
+
+
+def text_encoder_choices() -> list[str]:
+    """Hugging Face folders (with config.json) and single weight files under ``models/text_encoders``."""
+    choices: set[str] = set()
+    for root in folder_paths.get_folder_paths(TEXT_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            full = os.path.join(root, entry)
+            if os.path.isdir(full) and os.path.isfile(os.path.join(full, "config.json")):
+                choices.add(entry)
+    for name in folder_paths.get_filename_list(TEXT_FOLDER):
+        if name.endswith(".safetensors") and "/" not in name.replace(os.sep, "/"):
+            choices.add(name)
+    return sorted(choices)
+
+
+def text_encoder_path(name: str) -> str:
+    relative = os.path.relpath(os.path.join("/", name), "/")  # same confinement rule as folder_paths
+    for root in folder_paths.get_folder_paths(TEXT_FOLDER):
+        full = os.path.join(root, relative)
+        if os.path.isdir(full) or os.path.isfile(full):
+            return full
+    raise FileNotFoundError(f"text encoder {name!r} not found in models/text_encoders: put the google/flan-ul2 "
+                            "folder (config.json, weights, spiece.model) there.")
+
+
+def weight_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice != "auto":
+        return DTYPES[choice]
+    if device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16
+
+
+class PatchableModule(nn.Module):
+    """A holder ModelPatcher can manage: it sets attributes (``device``, memory counters) on the module it wraps,
+    which the engine's models keep read-only."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.device = None
+
+
+@dataclass
+class ManagedModel:
+    """An engine model under ComfyUI's memory manager, plus what nodes need to know about it."""
+
+    patcher: Any
+    release: str
+    kind: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> nn.Module:
+        """Ask the memory manager for room, move the weights to the compute device, return the engine model."""
+        mm.load_models_gpu([self.patcher])
+        return self.patcher.model.inner
+
+    @property
+    def module(self) -> nn.Module:
+        return self.patcher.model.inner
+
+    def clone(self, **options: Any) -> ManagedModel:
+        return ManagedModel(self.patcher.clone(), self.release, self.kind, self.name, {**self.options, **options})
+
+
+def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = False) -> ManagedModel:
+    load_device = mm.text_encoder_device() if text else mm.get_torch_device()
+    offload_device = mm.text_encoder_offload_device() if text else mm.unet_offload_device()
+    holder = PatchableModule(model)
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    return ManagedModel(patcher, release, kind, name)
+
+
+class StepProgress:
+    """ComfyUI progress for a sampling loop; raises ComfyUI's interrupt at the next step when the user cancels."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = comfy.utils.ProgressBar(total)
+        self.offset = 0
+
+    def stage(self, steps: int):
+        """A sampler ``on_step`` callback for the next ``steps`` steps of this node."""
+        offset = self.offset
+        self.offset += steps
+
+        def on_step(index: int, total: int, *rest: Any) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            self.bar.update_absolute(offset + index + 1)
+
+        return on_step
+
+    def count(self, done: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(self.offset + done)

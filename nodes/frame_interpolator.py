@@ -1,0 +1,70 @@
+"""Latent Frame Interpolator: 3 new frames between every pair of latent frames (N -> 4N-3), once or twice."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..fusionframes import stages
+from ..fusionframes.noise import SeededNoise
+from ..fusionframes.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
+from . import comfy_models as cm
+from .keyframe_sampler import text_condition
+from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, make_latent
+
+
+class FrameInterpolator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesFrameInterpolator",
+            display_name="Latent Frame Interpolator",
+            category=CATEGORY,
+            description="Predicts 3 frames between every pair of latent frames (N -> 4N-3 per pass). Works on the "
+                        "keyframes of the sampler and on MoVQ-encoded frames of any video.",
+            inputs=[
+                InterpolationModel.Input("interpolation_model"),
+                io.Latent.Input("latent", tooltip="Frames from the keyframe sampler, a previous pass, or MoVQ Encode."),
+                io.Int.Input("passes", default=1, min=1, max=2,
+                             tooltip="1 = medium fps (official skip 3), 2 = high fps (a second pass with skip 1)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=50, min=2, max=1000,
+                             tooltip="1.0 only (1.1 uses the official 10 steps)."),
+                io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.05,
+                               tooltip="-1 = the official value (0.25 for 1.0, 0.5 for 1.1)."),
+                Conditioning.Input("conditioning", optional=True,
+                                   tooltip="1.1: the prompt (the 1.1 interpolation model is text-conditioned)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, interpolation_model, latent: dict, passes: int, seed: int, steps: int, guidance: float,
+                conditioning=None) -> io.NodeOutput:
+        video = latent_frames(latent, "Latent Frame Interpolator")
+        if video.shape[0] < 2:
+            raise ValueError(f"Latent Frame Interpolator: needs at least 2 frames to interpolate between, got "
+                             f"{video.shape[0]}.")
+        release = interpolation_model.release
+        text = None
+        if release == "1.1":
+            if conditioning is None:
+                raise ValueError("Latent Frame Interpolator: the 1.1 interpolation model needs the prompt: connect "
+                                 "the conditioning input.")
+            text = text_condition(conditioning, interpolation_model, "Latent Frame Interpolator")
+        weight = DEFAULT_INTERPOLATION_GUIDANCE[release] if guidance < 0 else guidance
+        noise = SeededNoise(seed)
+        per_pass = steps if release == "1.0" else stages.INTERPOLATION_STEPS_11
+        progress = cm.StepProgress(per_pass * passes)
+        done = latent.get("fusionframes", {}).get("interpolation_passes", 0)
+        for number in range(1, passes + 1):
+            unet = interpolation_model.load()
+            skip = stages.SKIP_FRAMES[min(done + number, 2)]
+            phase = f"interpolation{number}"
+            if release == "1.0":
+                groups = stages.interpolate_10(unet, video, noise, steps=steps, guidance_scale=weight,
+                                               skip_frames=skip, phase=phase, on_step=progress.stage(per_pass))
+            else:
+                groups = stages.interpolate_11(unet, text, video, noise, guidance_scale=weight, skip_frames=skip,
+                                               phase=phase, on_step=progress.stage(per_pass))
+            video = stages.interleave(video.to(groups.device), groups).cpu()
+        return io.NodeOutput(make_latent(video, release, done + passes))

@@ -1,0 +1,142 @@
+"""Loader nodes: one per model, each reading an official file from ComfyUI's model folders."""
+
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+from torch import nn
+
+from ..fusionframes.checkpoints import inspect, load_model
+from ..fusionframes.configs import load_release_config
+from ..fusionframes.text_encoder import TextEncoder
+from . import comfy_models as cm
+from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
+
+DTYPE_TOOLTIP = "Weight dtype. auto: fp32 on CPU, bf16 (or fp16) on GPUs. fp16/bf16 halve the memory."
+
+
+def _checkpoint_input(tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input("ckpt_name", options=cm.checkpoint_files(), tooltip=tooltip)
+
+
+def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
+    import comfy.model_management as mm
+
+    dtype = cm.weight_dtype(dtype_choice, mm.get_torch_device())
+    loaded = load_model(cm.checkpoint_path(ckpt_name), expected_kind=kind, dtype=dtype,
+                        device=mm.unet_offload_device())
+    return cm.manage(loaded.model, loaded.release, kind, ckpt_name)
+
+
+class LoadKeyframeModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesLoadKeyframeModel",
+            display_name="Load FusionFrames Keyframe Model",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the keyframe U-Net: kandinsky_video.pt (1.0) or t2v.pt (1.1) from models/fusionframes.",
+            inputs=[
+                _checkpoint_input("kandinsky_video.pt (1.0) or t2v.pt (1.1); the release is detected from the file."),
+                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[KeyframeModel.Output(display_name="keyframe_model")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(_load(ckpt_name, "keyframe", weight_dtype))
+
+
+class LoadInterpolationModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesLoadInterpolationModel",
+            display_name="Load FusionFrames Interpolation Model",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the frame interpolation U-Net: kandinsky_video_interpolation.pt (1.0) or "
+                        "interpolation.pt (1.1).",
+            inputs=[
+                _checkpoint_input("kandinsky_video_interpolation.pt (1.0) or interpolation.pt (1.1)."),
+                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[InterpolationModel.Output(display_name="interpolation_model")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(_load(ckpt_name, "interpolation", weight_dtype))
+
+
+class LoadMoVQ(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesLoadMoVQ",
+            display_name="Load FusionFrames MoVQ",
+            category=f"{CATEGORY}/loaders",
+            description="Loads a MoVQ autoencoder: movq.pt (image decoder, both releases) or video_movq.pt "
+                        "(1.1 temporal decoder).",
+            inputs=[
+                _checkpoint_input("movq.pt (image) or video_movq.pt (temporal, 1.1)."),
+                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="fp32",
+                               tooltip="The official code runs MoVQ in fp32."),
+            ],
+            outputs=[MoVQModel.Output(display_name="movq")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
+        info = inspect(cm.checkpoint_path(ckpt_name))
+        if info.kind not in ("movq", "video_movq"):
+            raise ValueError(f"{ckpt_name} is not a MoVQ checkpoint (it holds a {info.kind}); choose movq.pt or "
+                             "video_movq.pt.")
+        return io.NodeOutput(_load(ckpt_name, info.kind, weight_dtype))
+
+
+class LoadTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesLoadTextEncoder",
+            display_name="Load FusionFrames Text Encoder",
+            category=f"{CATEGORY}/loaders",
+            description="Loads FLAN-UL2 (models/text_encoders) and the release's T5 projections "
+                        "(models/fusionframes: t5_projections.pt for 1.1, kandinsky_video.pt for 1.0).",
+            inputs=[
+                io.Combo.Input("text_encoder", options=cm.text_encoder_choices(),
+                               tooltip="google/flan-ul2 folder (Hugging Face layout) or one .safetensors file with "
+                                       "its config.json and spiece.model beside it."),
+                io.Combo.Input("projections", options=cm.checkpoint_files(),
+                               tooltip="t5_projections.pt (1.1) or kandinsky_video.pt (1.0, the projections are "
+                                       "inside it). Decides the release."),
+                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto",
+                               tooltip="auto: the official choice (1.0 fp16 weights, 1.1 fp32). bf16 halves memory."),
+            ],
+            outputs=[TextEncoderModel.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder: str, projections: str, weight_dtype: str) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        projections_path = cm.checkpoint_path(projections)
+        info = inspect(projections_path)
+        release = info.release if info.kind == "text_projections" else "1.0"
+        if info.kind not in ("text_projections", "keyframe") or (info.kind == "keyframe" and info.release != "1.0"):
+            raise ValueError(f"{projections} holds no T5 projections: choose t5_projections.pt (1.1) or "
+                             "kandinsky_video.pt (1.0).")
+        config_file = os.path.join(os.path.dirname(projections_path), "configs.json")
+        text_config = load_release_config(config_file, release).text if os.path.isfile(config_file) else None
+        dtype = None if weight_dtype == "auto" else cm.DTYPES[weight_dtype]
+        encoder = TextEncoder.load(
+            release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype,
+            max_length=text_config.tokens_length if text_config else 128,
+            device=mm.text_encoder_offload_device(),
+        )
+        holder = nn.ModuleDict({"t5": encoder.t5, "projections": nn.ModuleDict(encoder.projections)})
+        managed = cm.manage(holder, release, "text", text_encoder, text=True)
+        managed.options["encoder"] = encoder
+        return io.NodeOutput(managed)

@@ -1,0 +1,76 @@
+"""MoVQ Encode (IMAGE -> LATENT) and Temporal MoVQ Decode (LATENT -> IMAGE + frame rate)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..fusionframes import stages
+from ..fusionframes.movq import encode_frames, official_clip_frames
+from . import comfy_models as cm
+from .types import CATEGORY, MoVQModel, latent_frames, make_latent
+
+DECODE_MODES = ["official clips", "one clip per frame", "custom clip length"]
+
+
+class MoVQDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesMoVQDecode",
+            display_name="Temporal MoVQ Decode",
+            category=CATEGORY,
+            description="Decodes latent frames to images. With video_movq.pt (1.1) frames are decoded together in "
+                        "temporal clips as the official code does; with movq.pt frame by frame. Frames are streamed "
+                        "to CPU memory clip by clip.",
+            inputs=[
+                MoVQModel.Input("movq"),
+                io.Latent.Input("latent"),
+                io.Combo.Input("clips", options=DECODE_MODES, default="official clips",
+                               tooltip="official clips: N//4 clips of 4-5 frames (official). one clip per frame: "
+                                       "least memory. custom: clip_frames frames per clip."),
+                io.Int.Input("clip_frames", default=5, min=1, max=64,
+                             tooltip="Frames per clip for 'custom clip length' (more = smoother, more memory)."),
+            ],
+            outputs=[io.Image.Output(display_name="images"),
+                     io.Float.Output(display_name="fps", tooltip="Playback rate: 2 (keyframes), 8 (one "
+                                                                 "interpolation pass), 30 (two passes).")],
+        )
+
+    @classmethod
+    def execute(cls, movq, latent: dict, clips: str, clip_frames: int) -> io.NodeOutput:
+        video = latent_frames(latent, "Temporal MoVQ Decode")
+        count = video.shape[0]
+        length = {"official clips": official_clip_frames(count), "one clip per frame": 1,
+                  "custom clip length": clip_frames}[clips]
+        progress = cm.StepProgress(count)
+        model = movq.load()
+        frames = stages.decode_frames(model, video, clip_frames=length,
+                                      progress=lambda done, total: progress.count(done))
+        passes = latent.get("fusionframes", {}).get("interpolation_passes", 0)
+        return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), stages.fps_for(count, passes))
+
+
+class MoVQEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesMoVQEncode",
+            display_name="MoVQ Encode",
+            category=CATEGORY,
+            description="Encodes images (any IMAGE batch, e.g. the frames of a video) to MoVQ latents, for the "
+                        "Latent Frame Interpolator. Width and height must be multiples of 8.",
+            inputs=[MoVQModel.Input("movq"), io.Image.Input("images")],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, movq, images) -> io.NodeOutput:
+        height, width = images.shape[1:3]
+        if height % 8 or width % 8:
+            raise ValueError(f"MoVQ Encode: image size {width}x{height} is not a multiple of 8; resize first "
+                             "(e.g. with Upscale Image to a multiple of 64).")
+        pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1
+        progress = cm.StepProgress(1)
+        latents = encode_frames(movq.load(), pixels)
+        progress.count(1)
+        return io.NodeOutput(make_latent(latents, None))
