@@ -37,6 +37,7 @@ from torch import nn
 
 from .checkpoints import build_model
 from .configs import load_release_config
+from .errors import ConfigError
 
 #: T5 width of the demo text encoder (the projections map it to each release's context width)
 TEXT_D_MODEL = 32
@@ -177,7 +178,7 @@ def demo_configs(release: str) -> dict[str, Any]:
             "t2v": _unet_section(9, 4, CONTEXT_DIM_11, noise_augmentation=True, motion_score=True),
             "interpolation": _unet_section(20, 12, CONTEXT_DIM_11),
         }
-    raise ValueError(f"unknown release {release!r}")
+    raise ConfigError(f"unknown release {release!r}; the demo models exist for 1.0 and 1.1.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,12 +325,12 @@ def _write_text_encoder(target: Path, seed: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_generator(seed, "text_encoder").initial_seed())
             model = T5Model(config).eval()
-        bars_were_disabled = hf_logging.is_progress_bar_enabled() is False
-        hf_logging.disable_progress_bar()
+        bars_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 180 kB file
         try:
             model.save_pretrained(folder, safe_serialization=True)
         finally:
-            if not bars_were_disabled:
+            if bars_enabled:
                 hf_logging.enable_progress_bar()
         for name in ("spiece.model", "tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json"):
             data = (folder / name).read_bytes()  # rewritten (not moved) so the files get the usual permissions
