@@ -1,5 +1,11 @@
-"""ComfyUI entry point of the FusionFrames pack: registers the nodes (ComfyUI calls ``comfy_entrypoint``)."""
+"""ComfyUI entry point of the FusionFrames pack: registers the nodes (ComfyUI calls ``comfy_entrypoint``).
 
-from .nodes import comfy_entrypoint
+Outside ComfyUI (the engine's tests import this folder as a package) there is nothing to register.
+"""
 
-__all__ = ["comfy_entrypoint"]
+import importlib.util
+
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint"]

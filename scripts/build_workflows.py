@@ -1,0 +1,267 @@
+"""Writes the shared workflows: each graph is defined once here in API format and written as
+``workflows/NAME.json`` (UI format, what ComfyUI lists as the pack's templates) and ``workflows/api/NAME.json``
+(what ``POST /prompt`` takes).
+
+The UI format needs each node's widget order, which comes from a running server's ``/object_info`` saved to a file:
+    python scripts/build_workflows.py OBJECT_INFO.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+K10 = "kandinsky_video_1_0"
+K11 = "kandinsky_video_1_1"
+TEXT_ENCODER = "flan-ul2"
+PROMPT = "a red car drifting, 4k video"
+
+
+def link(node: str, slot: int = 0) -> list:
+    return [node, slot]
+
+
+def _text(release_dir: str, projections: str, prompt: str = PROMPT, negative: str = "") -> dict:
+    return {
+        "text_encoder": {"class_type": "FusionFramesLoadTextEncoder",
+                         "inputs": {"text_encoder": TEXT_ENCODER, "projections": f"{release_dir}/{projections}",
+                                    "weight_dtype": "auto"}},
+        "encode": {"class_type": "FusionFramesTextEncode",
+                   "inputs": {"text_encoder": link("text_encoder"), "prompt": prompt, "negative_prompt": negative}},
+    }
+
+
+def _loader(node_type: str, path: str, dtype: str = "auto") -> dict:
+    return {"class_type": node_type, "inputs": {"ckpt_name": path, "weight_dtype": dtype}}
+
+
+def _save(images: list, fps: list | float, prefix: str) -> dict:
+    return {
+        "create_video": {"class_type": "CreateVideo", "inputs": {"images": images, "fps": fps}},
+        "save": {"class_type": "SaveVideo", "inputs": {"video": link("create_video"), "filename_prefix": prefix,
+                                                         "format": "mp4", "codec": "h264"}},
+    }
+
+
+def _sampler(release: str, **extra) -> dict:
+    inputs = {"keyframe_model": link("keyframe_model"), "conditioning": link("encode"), "width": 512,
+              "height": 512, "keyframes": 0, "seed": 42, "steps": 50, "guidance": 5.0}
+    if release == "1.1":
+        inputs.update({"movq": link("movq"), "image_guidance": 2.0, "first_frame_guidance": 5.0,
+                       "motion": "medium", "noise_augmentation": 20})
+    inputs.update(extra)
+    return {"class_type": "FusionFramesKeyframeSampler", "inputs": inputs}
+
+
+def _interpolator(latent: list, passes: int, conditioning: bool) -> dict:
+    inputs = {"interpolation_model": link("interpolation_model"), "latent": latent, "passes": passes, "seed": 42,
+              "steps": 50, "guidance": -1.0}
+    if conditioning:
+        inputs["conditioning"] = link("encode")
+    return {"class_type": "FusionFramesFrameInterpolator", "inputs": inputs}
+
+
+def _decode(movq: str, latent: list) -> dict:
+    return {"class_type": "FusionFramesMoVQDecode",
+            "inputs": {"movq": link(movq), "latent": latent, "clips": "official clips", "clip_frames": 5}}
+
+
+def t2v_10() -> dict:
+    return {
+        "keyframe_model": _loader("FusionFramesLoadKeyframeModel", f"{K10}/kandinsky_video.pt"),
+        **_text(K10, "kandinsky_video.pt", negative="blurry, low quality"),
+        "sampler": _sampler("1.0"),
+        "interpolation_model": _loader("FusionFramesLoadInterpolationModel", f"{K10}/kandinsky_video_interpolation.pt"),
+        "interpolator": _interpolator(link("sampler"), 1, conditioning=False),
+        "movq": _loader("FusionFramesLoadMoVQ", f"{K10}/movq.pt", "fp32"),
+        "decode": _decode("movq", link("interpolator")),
+        **_save(link("decode"), link("decode", 1), "fusionframes/t2v_1_0"),
+    }
+
+
+def _k11_models() -> dict:
+    return {
+        "keyframe_model": _loader("FusionFramesLoadKeyframeModel", f"{K11}/t2v.pt"),
+        **_text(K11, "t5_projections.pt"),
+        "movq": _loader("FusionFramesLoadMoVQ", f"{K11}/movq.pt", "fp32"),
+        "video_movq": _loader("FusionFramesLoadMoVQ", f"{K11}/video_movq.pt", "fp32"),
+        "interpolation_model": _loader("FusionFramesLoadInterpolationModel", f"{K11}/interpolation.pt"),
+    }
+
+
+def t2v_11() -> dict:
+    return {
+        **_k11_models(),
+        "sampler": _sampler("1.1"),
+        "interpolator": _interpolator(link("sampler"), 1, conditioning=True),
+        "decode": _decode("video_movq", link("interpolator")),
+        **_save(link("decode"), link("decode", 1), "fusionframes/t2v_1_1"),
+    }
+
+
+def i2v_11() -> dict:
+    return {
+        **_k11_models(),
+        "image": {"class_type": "LoadImage", "inputs": {"image": "fusionframes_first_frame.png"}},
+        "sampler": _sampler("1.1", image=link("image")),
+        "interpolator": _interpolator(link("sampler"), 1, conditioning=True),
+        "decode": _decode("video_movq", link("interpolator")),
+        **_save(link("decode"), link("decode", 1), "fusionframes/i2v_1_1"),
+    }
+
+
+def video_interpolation() -> dict:
+    """Frame interpolation of an existing video: 4x the frame count through the 1.0 interpolation model."""
+    return {
+        "video": {"class_type": "LoadVideo", "inputs": {"file": "fusionframes_clip.mp4"}},
+        "components": {"class_type": "GetVideoComponents", "inputs": {"video": link("video")}},
+        "scale": {"class_type": "ImageScale", "inputs": {"image": link("components"), "upscale_method": "bicubic",
+                                                         "width": 512, "height": 512, "crop": "center"}},
+        "movq": _loader("FusionFramesLoadMoVQ", f"{K10}/movq.pt", "fp32"),
+        "encode_frames": {"class_type": "FusionFramesMoVQEncode",
+                          "inputs": {"movq": link("movq"), "images": link("scale")}},
+        "interpolation_model": _loader("FusionFramesLoadInterpolationModel", f"{K10}/kandinsky_video_interpolation.pt"),
+        "interpolator": _interpolator(link("encode_frames"), 1, conditioning=False),
+        "decode": _decode("movq", link("interpolator")),
+        "fps": {"class_type": "FusionFramesFpsMultiply", "inputs": {"fps": link("components", 2), "factor": 4.0}},
+        **_save(link("decode"), link("fps"), "fusionframes/interpolated"),
+    }
+
+
+def temporal_blocks_side_by_side() -> dict:
+    """The same seed with the trained temporal blocks (left) and with them switched off (right)."""
+    graph = {
+        **_k11_models(),
+        "trained": {"class_type": "FusionFramesTemporalBlockSelector",
+                    "inputs": {"keyframe_model": link("keyframe_model"), "variant": "auto", "conv_strength": 1.0,
+                               "attention_strength": 1.0}},
+        "off": {"class_type": "FusionFramesTemporalBlockSelector",
+                "inputs": {"keyframe_model": link("keyframe_model"), "variant": "auto", "conv_strength": 0.0,
+                           "attention_strength": 0.0}},
+        "sampler_trained": _sampler("1.1", keyframe_model=link("trained")),
+        "sampler_off": _sampler("1.1", keyframe_model=link("off")),
+        "decode_trained": _decode("video_movq", link("sampler_trained")),
+        "decode_off": _decode("video_movq", link("sampler_off")),
+        "stitch": {"class_type": "ImageStitch",
+                   "inputs": {"image1": link("decode_trained"), "image2": link("decode_off"), "direction": "right",
+                              "match_image_size": True, "spacing_width": 0, "spacing_color": "white"}},
+        **_save(link("stitch"), link("decode_trained", 1), "fusionframes/temporal_blocks"),
+    }
+    del graph["interpolation_model"]
+    return graph
+
+
+WORKFLOWS = {
+    "fusionframes_1_0_text_to_video_medium_fps": t2v_10,
+    "fusionframes_1_1_text_to_video": t2v_11,
+    "fusionframes_1_1_image_to_video": i2v_11,
+    "fusionframes_video_frame_interpolation": video_interpolation,
+    "fusionframes_temporal_blocks_side_by_side": temporal_blocks_side_by_side,
+}
+
+
+def api_graph(named: dict) -> dict:
+    """Readable node names -> numbered ids, as ComfyUI writes API graphs."""
+    ids = {name: str(index) for index, name in enumerate(named, start=1)}
+
+    def resolve(value):
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in ids:
+            return [ids[value[0]], value[1]]
+        return value
+
+    return {ids[name]: {"class_type": node["class_type"], "_meta": {"title": name.replace("_", " ")},
+                        "inputs": {k: resolve(v) for k, v in node["inputs"].items()}}
+            for name, node in named.items()}
+
+
+def _input_specs(info: dict) -> list[tuple[str, list]]:
+    order = info.get("input_order", {})
+    specs = []
+    for section in ("required", "optional"):
+        entries = info.get("input", {}).get(section, {})
+        for name in order.get(section, list(entries)):
+            specs.append((name, entries[name]))
+    return specs
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _depths(graph: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in depth:
+            parents = [v[0] for v in graph[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((visit(p) for p in parents), default=-1)
+        return depth[node_id]
+
+    for node_id in graph:
+        visit(node_id)
+    return depth
+
+
+def ui_graph(graph: dict, object_info: dict) -> dict:
+    """The UI (litegraph) form of an API graph: nodes with widget values in schema order, links, layout."""
+    links, nodes = [], {}
+    depth = _depths(graph)
+    rows: dict[int, int] = {}
+    for node_id, node in graph.items():
+        info = object_info[node["class_type"]]
+        column = depth[node_id]
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        nodes[node_id] = {
+            "id": int(node_id), "type": node["class_type"], "pos": [40 + 360 * column, 40 + 260 * row],
+            "size": [320, 200], "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
+            "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": [],
+            "title": node["_meta"]["title"],
+        }
+        for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"])):
+            nodes[node_id]["outputs"].append({"name": name, "type": kind, "links": [], "slot_index": slot})
+    for node_id, node in graph.items():
+        target = nodes[node_id]
+        for name, spec in _input_specs(object_info[node["class_type"]]):
+            value = node["inputs"].get(name)
+            widget = _is_widget(spec)
+            if isinstance(value, list):
+                link_id = len(links) + 1
+                source, slot = value
+                kind = nodes[source]["outputs"][slot]["type"]
+                links.append([link_id, int(source), slot, int(node_id), len(target["inputs"]), kind])
+                nodes[source]["outputs"][slot]["links"].append(link_id)
+                entry = {"name": name, "type": kind, "link": link_id}
+                if widget:
+                    entry["widget"] = {"name": name}
+                target["inputs"].append(entry)
+                value = spec[1].get("default") if len(spec) > 1 else None
+            elif not widget:
+                target["inputs"].append({"name": name, "type": spec[0], "link": None})
+                continue
+            if widget:
+                options = spec[1] if len(spec) > 1 else {}
+                target["widgets_values"].append(options.get("default") if value is None else value)
+                if options.get("control_after_generate"):
+                    target["widgets_values"].append("fixed")
+    for order, node_id in enumerate(sorted(graph, key=lambda n: depth[n])):
+        nodes[node_id]["order"] = order
+    return {"last_node_id": max(int(n) for n in graph), "last_link_id": len(links),
+            "nodes": list(nodes.values()), "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def main(object_info_path: str) -> None:
+    object_info = json.loads(Path(object_info_path).read_text())
+    (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        graph = api_graph(build())
+        (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(graph, indent=1) + "\n")
+        (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(ui_graph(graph, object_info), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,99 @@
+"""The whole pipeline and the command line, on the tiny demo models the project creates itself."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fusionframes.cli import main
+from fusionframes.demo_models import create_demo_models
+from fusionframes.errors import InputError
+from fusionframes.pipeline import VideoPipeline, VideoRequest
+from fusionframes.video_io import read_video
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    return create_demo_models(tmp_path_factory.mktemp("demo_models"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_10(demo):
+    return VideoPipeline.from_folder(demo / "k10", demo / "text_encoder")
+
+
+@pytest.fixture(scope="session")
+def pipeline_11(demo):
+    return VideoPipeline.from_folder(demo / "k11", demo / "text_encoder")
+
+
+def test_release_is_detected_from_the_folder(pipeline_10, pipeline_11):
+    assert pipeline_10.release == "1.0" and pipeline_11.release == "1.1"
+
+
+def test_10_medium_fps_gives_4n_minus_3_frames_and_is_reproducible_by_seed(pipeline_10):
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", steps=4, num_keyframes=3, seed=5)
+    first = pipeline_10.generate(request)
+    assert first.frames.shape == (9, 3, 64, 64)
+    assert 0 <= float(first.frames.min()) and float(first.frames.max()) <= 1
+    again = pipeline_10.generate(request)
+    assert torch.equal(first.latents, again.latents)
+    other = pipeline_10.generate(VideoRequest(**{**request.__dict__, "seed": 6}))
+    assert not torch.equal(first.latents, other.latents)
+
+
+def test_10_negative_prompt_changes_the_result(pipeline_10):
+    base = VideoRequest(prompt="a cat", width=64, height=64, fps="low", steps=3, num_keyframes=2, seed=1)
+    plain = pipeline_10.generate(base)
+    negative = pipeline_10.generate(VideoRequest(**{**base.__dict__, "negative_prompt": "blurry"}))
+    assert not torch.equal(plain.latents, negative.latents)
+
+
+@pytest.mark.slow
+def test_11_image_to_video_keeps_the_image_as_first_key_frame(pipeline_11):
+    pixels = np.zeros((80, 96, 3), dtype=np.uint8)
+    pixels[:, :48] = (220, 40, 40)
+    request = VideoRequest(prompt="a red car", image=Image.fromarray(pixels), width=64, height=64, fps="medium",
+                           num_keyframes=3, seed=3)
+    result = pipeline_11.generate(request)
+    assert result.frames.shape == (9, 3, 64, 64)
+    assert torch.isfinite(result.frames).all()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"width": 100}, "multiples of 64"),
+    ({"fps": "ultra"}, "fps must be one of"),
+    ({"num_keyframes": 1}, "at least 2 keyframes"),
+])
+def test_bad_requests_are_clear_errors(pipeline_10, change, message):
+    request = VideoRequest(**{**VideoRequest(prompt="x", width=64, height=64).__dict__, **change})
+    with pytest.raises(InputError, match=message):
+        pipeline_10.generate(request)
+
+
+def test_image_to_video_with_10_models_is_refused(pipeline_10):
+    with pytest.raises(InputError, match="needs the 1.1 models"):
+        pipeline_10.generate(VideoRequest(prompt="x", image=Image.new("RGB", (64, 64)), width=64, height=64))
+
+
+def test_cli_generate_writes_an_mp4_and_names_it_last(demo, tmp_path, capsys):
+    out = tmp_path / "video.mp4"
+    code = main(["generate", "--models", str(demo / "k10"), "--text-encoder", str(demo / "text_encoder"),
+                 "--prompt", "a red car", "--width", "64", "--height", "128", "--fps", "medium", "--steps", "3",
+                 "--keyframes", "2", "--out", str(out)])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"video: {out}"
+    frames = read_video(out)
+    assert frames.shape == (5, 128, 64, 3)
+
+
+def test_cli_reports_user_errors_without_a_traceback(demo, tmp_path, capsys):
+    code = main(["generate", "--models", str(tmp_path / "nowhere"), "--text-encoder", str(demo / "text_encoder"),
+                 "--prompt", "x", "--out", str(tmp_path / "v.mp4")])
+    assert code == 2
+    assert "models folder not found" in capsys.readouterr().err
+
+
+def test_cli_keys_prints_the_official_manifest(golden, capsys):
+    assert main(["keys", "--release", "1.0", "--model", "movq"]) == 0
+    assert capsys.readouterr().out == (golden / "official_keys" / "k10_movq.txt").read_text()
