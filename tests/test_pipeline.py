@@ -97,3 +97,20 @@ def test_cli_reports_user_errors_without_a_traceback(demo, tmp_path, capsys):
 def test_cli_keys_prints_the_official_manifest(golden, capsys):
     assert main(["keys", "--release", "1.0", "--model", "movq"]) == 0
     assert capsys.readouterr().out == (golden / "official_keys" / "k10_movq.txt").read_text()
+
+
+def test_interpolation_needs_two_frames(pipeline_10):
+    from fusionframes import stages
+    from fusionframes.noise import SeededNoise
+
+    unet = pipeline_10.models["interpolation"].model
+    with pytest.raises(InputError, match="at least 2 latent frames"):
+        stages.interpolate_10(unet, torch.zeros(1, 4, 8, 8), SeededNoise(0), steps=2)
+
+
+def test_unknown_release_is_a_clear_error():
+    from fusionframes.configs import official_config
+    from fusionframes.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown release '2.0'"):
+        official_config("2.0")
