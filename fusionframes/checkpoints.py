@@ -40,11 +40,11 @@ MODEL_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
 }
 
 KIND_LABELS = {
-    "keyframe": "keyframe U-Net (kandinsky_video.pt / t2v.pt)",
-    "interpolation": "interpolation U-Net (kandinsky_video_interpolation.pt / interpolation.pt)",
-    "movq": "image MoVQ (movq.pt)",
-    "video_movq": "temporal MoVQ (video_movq.pt)",
-    "text_projections": "T5 projections (t5_projections.pt)",
+    "keyframe": "a keyframe U-Net (kandinsky_video.pt / t2v.pt)",
+    "interpolation": "an interpolation U-Net (kandinsky_video_interpolation.pt / interpolation.pt)",
+    "movq": "an image MoVQ (movq.pt)",
+    "video_movq": "a temporal MoVQ (video_movq.pt)",
+    "text_projections": "the T5 projections (t5_projections.pt)",
 }
 
 
@@ -241,10 +241,11 @@ def load_model(
     info = inspect(path)
     if expected_kind is not None and info.kind != expected_kind:
         raise CheckpointError(
-            f"{info.path.name} is a {KIND_LABELS[info.kind]}, but a {KIND_LABELS[expected_kind]} was expected here."
+            f"{info.path.name} is {KIND_LABELS[info.kind]}, but {KIND_LABELS[expected_kind]} was expected here: "
+            "choose the right file."
         )
     if info.kind not in MODEL_KINDS:
-        raise CheckpointError(f"{info.path.name} is a {KIND_LABELS[info.kind]}, not a model this loader builds.")
+        raise CheckpointError(f"{info.path.name} is {KIND_LABELS[info.kind]}, not a model this loader builds.")
     config = resolve_config(info.release, config_path, info.path).for_kind(info.kind)
     with torch.device("meta"):
         model = build_model(info.release, info.kind, config)

@@ -163,7 +163,7 @@ class VideoPipeline:
         frames = stages.decode_frames(movq, video, progress=(lambda done, total: progress("decode", done, total))
                                       if progress else None)
         self._done(decoder)
-        return VideoResult(frames, stages.fps_for(frames.shape[0], passes), video)
+        return VideoResult(frames, stages.fps_for(passes), video)
 
     def _keyframes(self, request, text, negative, noise, reporter) -> torch.Tensor:
         unet = self._use("keyframe")

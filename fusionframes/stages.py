@@ -6,7 +6,6 @@ from one seed and a parity fixture can replay the official noise.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +30,9 @@ MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
 #: 1.0 frame positions span this many source frames (positions 0, 12, ..., 168 for 15 keyframes)
 VIDEO_LENGTH_10 = 180
 LATENT_SCALE = 8
+#: the paper's keyframe rate; every interpolation pass puts 3 frames between two, i.e. 4x the rate
+KEYFRAME_FPS = 2.0
+FPS_GAIN_PER_PASS = 4
 
 
 def check_size(width: int, height: int) -> None:
@@ -216,6 +218,7 @@ def official_clip_count(num_frames: int) -> int:
     return max(1, num_frames // 4)
 
 
-def fps_for(num_frames_out: int, passes: int) -> float:
-    """A playback rate for the output: the paper's 2 fps keyframes, x4 per interpolation pass (2 / 8 / 30 fps)."""
-    return {0: 2.0, 1: 8.0, 2: 30.0}.get(passes, 2.0 * math.pow(4, passes))
+def fps_for(passes: int, base_fps: float = KEYFRAME_FPS) -> float:
+    """Playback rate after ``passes`` interpolation passes: 3 frames between every two is 4x the rate
+    (keyframes 2 fps -> 8 -> 32 fps)."""
+    return base_fps * FPS_GAIN_PER_PASS ** passes

@@ -9,7 +9,7 @@ from ..fusionframes.noise import SeededNoise
 from ..fusionframes.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
 from . import comfy_models as cm
 from .keyframe_sampler import text_condition
-from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, make_latent
+from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent
 
 
 class FrameInterpolator(io.ComfyNode):
@@ -26,7 +26,8 @@ class FrameInterpolator(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="Frames from the keyframe sampler, a previous pass, or MoVQ Encode."),
                 io.Int.Input("passes", default=1, min=1, max=2,
                              tooltip="1 = medium fps (official skip 3), 2 = high fps (a second pass with skip 1)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the interpolation noise (a seeded CPU generator)."),
                 io.Int.Input("steps", default=50, min=2, max=1000,
                              tooltip="1.0 only (1.1 uses the official 10 steps)."),
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.05,
@@ -55,7 +56,8 @@ class FrameInterpolator(io.ComfyNode):
         noise = SeededNoise(seed)
         per_pass = steps if release == "1.0" else stages.INTERPOLATION_STEPS_11
         progress = cm.StepProgress(per_pass * passes)
-        done = latent.get("fusionframes", {}).get("interpolation_passes", 0)
+        info = latent_info(latent)
+        done = info.get("interpolation_passes", 0)
         for number in range(1, passes + 1):
             unet = interpolation_model.load()
             skip = stages.SKIP_FRAMES[min(done + number, 2)]
@@ -67,4 +69,5 @@ class FrameInterpolator(io.ComfyNode):
                 groups = stages.interpolate_11(unet, text, video, noise, guidance_scale=weight, skip_frames=skip,
                                                phase=phase, on_step=progress.stage(per_pass))
             video = stages.interleave(video.to(groups.device), groups).cpu()
-        return io.NodeOutput(make_latent(video, release, done + passes))
+        fps = stages.fps_for(passes, info.get("fps", stages.KEYFRAME_FPS))
+        return io.NodeOutput(make_latent(video, release, fps, done + passes))

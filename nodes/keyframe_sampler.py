@@ -97,7 +97,7 @@ class KeyframeSampler(io.ComfyNode):
         else:
             latents = cls._sample_11(keyframe_model, text, width, height, keyframes, noise, guidance, movq, image,
                                      image_guidance, first_frame_guidance, motion, noise_augmentation)
-        return io.NodeOutput(make_latent(latents, keyframe_model.release))
+        return io.NodeOutput(make_latent(latents, keyframe_model.release, stages.KEYFRAME_FPS))
 
     @staticmethod
     def _sample_10(model, conditioning, text, width, height, keyframes, noise, steps, guidance) -> torch.Tensor:

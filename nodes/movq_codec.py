@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..fusionframes import stages
 from ..fusionframes.movq import encode_frames, official_clip_frames
 from . import comfy_models as cm
-from .types import CATEGORY, MoVQModel, latent_frames, make_latent
+from .types import CATEGORY, MoVQModel, latent_frames, latent_info, make_latent
 
 DECODE_MODES = ["official clips", "one clip per frame", "custom clip length"]
 
@@ -32,8 +32,9 @@ class MoVQDecode(io.ComfyNode):
                              tooltip="Frames per clip for 'custom clip length' (more = smoother, more memory)."),
             ],
             outputs=[io.Image.Output(display_name="images"),
-                     io.Float.Output(display_name="fps", tooltip="Playback rate: 2 (keyframes), 8 (one "
-                                                                 "interpolation pass), 30 (two passes).")],
+                     io.Float.Output(display_name="fps", tooltip="Playback rate carried by the latent: keyframes 2, "
+                                                                 "x4 per interpolation pass (8, 32); for encoded "
+                                                                 "videos the source rate x4 per pass.")],
         )
 
     @classmethod
@@ -46,8 +47,8 @@ class MoVQDecode(io.ComfyNode):
         model = movq.load()
         frames = stages.decode_frames(model, video, clip_frames=length,
                                       progress=lambda done, total: progress.count(done))
-        passes = latent.get("fusionframes", {}).get("interpolation_passes", 0)
-        return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), stages.fps_for(count, passes))
+        fps = latent_info(latent).get("fps", stages.KEYFRAME_FPS)
+        return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), fps)
 
 
 class MoVQEncode(io.ComfyNode):
@@ -59,12 +60,18 @@ class MoVQEncode(io.ComfyNode):
             category=CATEGORY,
             description="Encodes images (any IMAGE batch, e.g. the frames of a video) to MoVQ latents, for the "
                         "Latent Frame Interpolator. Width and height must be multiples of 8.",
-            inputs=[MoVQModel.Input("movq"), io.Image.Input("images")],
+            inputs=[
+                MoVQModel.Input("movq"),
+                io.Image.Input("images"),
+                io.Float.Input("fps", default=24.0, min=0.1, max=240.0, step=0.1,
+                               tooltip="Frame rate of the images (connect Get Video Components' fps); carried along "
+                                       "so the decoded video plays at the right speed."),
+            ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
-    def execute(cls, movq, images) -> io.NodeOutput:
+    def execute(cls, movq, images, fps: float) -> io.NodeOutput:
         height, width = images.shape[1:3]
         if height % 8 or width % 8:
             raise ValueError(f"MoVQ Encode: image size {width}x{height} is not a multiple of 8; resize first "
@@ -73,4 +80,4 @@ class MoVQEncode(io.ComfyNode):
         progress = cm.StepProgress(1)
         latents = encode_frames(movq.load(), pixels)
         progress.count(1)
-        return io.NodeOutput(make_latent(latents, None))
+        return io.NodeOutput(make_latent(latents, None, fps))

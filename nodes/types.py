@@ -36,9 +36,15 @@ class TextConditioning:
         return int(self.context.shape[-1])
 
 
-def make_latent(samples: torch.Tensor, release: str | None, passes: int = 0) -> dict:
-    """A core LATENT dict: ``samples`` is (frames, 4, h, w) on the CPU, plus what later FusionFrames nodes need."""
-    return {"samples": samples.float().cpu(), LATENT_TAG: {"release": release, "interpolation_passes": passes}}
+def make_latent(samples: torch.Tensor, release: str | None, fps: float, passes: int = 0) -> dict:
+    """A core LATENT dict: ``samples`` is (frames, 4, h, w) on the CPU, plus what later FusionFrames nodes need
+    (the release that made it, its frame rate, how many interpolation passes it has had)."""
+    info = {"release": release, "fps": float(fps), "interpolation_passes": passes}
+    return {"samples": samples.float().cpu(), LATENT_TAG: info}
+
+
+def latent_info(latent: dict) -> dict:
+    return latent.get(LATENT_TAG, {})
 
 
 def latent_frames(latent: dict, what: str) -> torch.Tensor:

@@ -121,12 +121,11 @@ def video_interpolation() -> dict:
                                                          "width": 512, "height": 512, "crop": "center"}},
         "movq": _loader("FusionFramesLoadMoVQ", f"{K10}/movq.pt", "fp32"),
         "encode_frames": {"class_type": "FusionFramesMoVQEncode",
-                          "inputs": {"movq": link("movq"), "images": link("scale")}},
+                          "inputs": {"movq": link("movq"), "images": link("scale"), "fps": link("components", 2)}},
         "interpolation_model": _loader("FusionFramesLoadInterpolationModel", f"{K10}/kandinsky_video_interpolation.pt"),
         "interpolator": _interpolator(link("encode_frames"), 1, conditioning=False),
         "decode": _decode("movq", link("interpolator")),
-        "fps": {"class_type": "FusionFramesFpsMultiply", "inputs": {"fps": link("components", 2), "factor": 4.0}},
-        **_save(link("decode"), link("fps"), "fusionframes/interpolated"),
+        **_save(link("decode"), link("decode", 1), "fusionframes/interpolated"),
     }
 
 

@@ -35,7 +35,7 @@ def test_loaded_unet_carries_its_null_embedding_and_is_frozen(golden):
 
 
 def test_wrong_kind_of_file_names_what_it_is(golden):
-    with pytest.raises(CheckpointError, match=r"movq.pt is a image MoVQ.*keyframe U-Net .*was expected"):
+    with pytest.raises(CheckpointError, match=r"movq.pt is an image MoVQ.*a keyframe U-Net .*was expected"):
         load_model(golden / "models" / "k11" / "movq.pt", expected_kind="keyframe")
 
 

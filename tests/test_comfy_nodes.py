@@ -1,0 +1,200 @@
+"""The node pack in a real ComfyUI 0.3.75 server, driven over HTTP as a user's client would.
+
+The server gets the project's tiny demo models in its model folders; every shipped workflow is queued through
+``POST /prompt`` (shrunk to tiny sizes) and its video checked; bad input must fail with a clear message and leave
+the server able to run the next prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusionframes.demo_models import create_demo_models
+from fusionframes.video_io import read_video, write_video
+from tests.comfy_fixtures import make_comfy_server_fixture
+from tests.comfy_host import HOST_DIR, execution_error, output_items, pack_nodes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+PACK_NODES = {
+    "FusionFramesLoadKeyframeModel", "FusionFramesLoadInterpolationModel", "FusionFramesLoadMoVQ",
+    "FusionFramesLoadTextEncoder", "FusionFramesTextEncode", "FusionFramesKeyframeSampler",
+    "FusionFramesFrameInterpolator", "FusionFramesMoVQDecode", "FusionFramesMoVQEncode",
+    "FusionFramesTemporalBlockSelector",
+}
+SIZE = 64
+KEYFRAMES = 3
+
+
+def install_demo_models(base: Path) -> None:
+    """Demo models in the layout the README tells users to use, plus the inputs the workflows load."""
+    demo = create_demo_models(HOST_DIR / "demo_models")
+    models = base / "models"
+    for source, target in (("k10", "kandinsky_video_1_0"), ("k11", "kandinsky_video_1_1")):
+        if not (models / "fusionframes" / target).exists():
+            shutil.copytree(demo / source, models / "fusionframes" / target)
+    if not (models / "text_encoders" / "flan-ul2").exists():
+        shutil.copytree(demo / "text_encoder", models / "text_encoders" / "flan-ul2")
+    inputs = base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((80, 96, 3), dtype=np.uint8)
+    pixels[:, :48] = (220, 40, 40)
+    Image.fromarray(pixels).save(inputs / "fusionframes_first_frame.png")
+    frames = np.stack([np.roll(np.tile(np.linspace(0, 255, SIZE, dtype=np.uint8)[None, :, None], (SIZE, 1, 3)),
+                               4 * i, axis=1) for i in range(4)])
+    write_video(inputs / "fusionframes_clip.mp4", frames, fps=6)
+
+
+comfy_server = make_comfy_server_fixture(prepare=install_demo_models, base=HOST_DIR / "base_nodes")
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def shrink(graph: dict) -> dict:
+    """Tiny sizes and few steps so a CPU runs the workflow in seconds; the graph itself is unchanged."""
+    graph = copy.deepcopy(graph)
+    for node in graph.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "FusionFramesKeyframeSampler":
+            inputs.update(width=SIZE, height=SIZE, keyframes=KEYFRAMES, steps=3)
+        elif node["class_type"] == "FusionFramesFrameInterpolator":
+            inputs.update(steps=3)
+        elif node["class_type"] == "ImageScale":
+            inputs.update(width=SIZE, height=SIZE)
+    return graph
+
+
+def saved_video(server, entry: dict) -> np.ndarray:
+    items = [item for item in output_items(entry) if item["filename"].endswith(".mp4")]
+    assert len(items) == 1, entry.get("outputs")
+    return read_video(server.output_path(items[0]))
+
+
+def test_pack_imports_and_lists_every_node_with_its_inputs(comfy_server):
+    assert not comfy_server.import_failed(), comfy_server.import_traceback()
+    nodes = pack_nodes(comfy_server.object_info())
+    assert set(nodes) == PACK_NODES
+    for name, info in nodes.items():
+        assert info["category"].startswith("FusionFrames"), name
+        widgets = {k: v for section in info["input"].values() for k, v in section.items()
+                   if isinstance(v[0], list) or v[0] in ("INT", "FLOAT", "STRING", "COMBO", "BOOLEAN")}
+        for key, spec in widgets.items():
+            assert spec[1].get("tooltip"), f"{name}.{key} has no tooltip"
+    sampler = nodes["FusionFramesKeyframeSampler"]["input"]
+    assert sampler["required"]["width"][1]["step"] == 64
+    assert sampler["optional"]["image"][0] == "IMAGE"
+    assert nodes["FusionFramesMoVQDecode"]["output"] == ["IMAGE", "FLOAT"]
+
+
+def test_shipped_workflows_are_served_as_templates(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
+    assert set(templates["comfyui-fusionframes"]) == shipped
+
+
+@pytest.mark.parametrize("name,frames,width", [
+    ("fusionframes_1_0_text_to_video_medium_fps", 4 * KEYFRAMES - 3, SIZE),
+    ("fusionframes_1_1_text_to_video", 4 * KEYFRAMES - 3, SIZE),
+    ("fusionframes_1_1_image_to_video", 4 * KEYFRAMES - 3, SIZE),
+    ("fusionframes_video_frame_interpolation", 4 * 4 - 3, SIZE),
+    ("fusionframes_temporal_blocks_side_by_side", KEYFRAMES, 2 * SIZE),
+])
+def test_shipped_workflow_writes_the_expected_mp4(comfy_server, name, frames, width):
+    entry = comfy_server.run(shrink(api_workflow(name)), timeout=900)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    video = saved_video(comfy_server, entry)
+    assert video.shape == (frames, SIZE, width, 3)
+    assert video.std() > 1  # not a blank video
+
+
+def _assert_server_still_works(server) -> None:
+    entry = server.run(shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps")), timeout=900)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+
+
+def _failure(server, graph: dict) -> dict:
+    """Queue a graph that must fail while executing; its execution_error."""
+    entry = server.wait(server.queue(graph), timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    error = execution_error(entry)
+    assert error is not None, entry["status"]
+    return error
+
+
+def _node(graph: dict, class_type: str) -> dict:
+    return next(node for node in graph.values() if node["class_type"] == class_type)
+
+
+def test_out_of_range_widget_is_rejected_with_the_nodes_error(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"]["width"] = 32
+    status, body = comfy_server.submit(graph)
+    assert status == 400
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    errors = [e for node in body["node_errors"].values() for e in node["errors"]]
+    assert any(e["type"] == "value_smaller_than_min" and e["extra_info"]["input_name"] == "width" for e in errors)
+    _assert_server_still_works(comfy_server)
+
+
+def test_movq_file_given_to_the_keyframe_loader_says_what_it_is(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = "kandinsky_video_1_0/movq.pt"
+    error = _failure(comfy_server, graph)
+    assert error["node_type"] == "FusionFramesLoadKeyframeModel"
+    assert "is an image MoVQ" in error["exception_message"] and "a keyframe U-Net" in error["exception_message"]
+    _assert_server_still_works(comfy_server)
+
+
+def test_corrupted_model_file_gets_a_clear_execution_error(comfy_server):
+    broken = comfy_server.base / "models" / "fusionframes" / "kandinsky_video_1_0" / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    try:
+        graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+        _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = "kandinsky_video_1_0/broken.pt"
+        error = _failure(comfy_server, graph)
+        assert "download it again" in error["exception_message"]
+    finally:
+        broken.unlink()
+    _assert_server_still_works(comfy_server)
+
+
+def test_latent_of_a_single_frame_cannot_be_interpolated(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"]["keyframes"] = 1
+    error = _failure(comfy_server, graph)
+    assert error["node_type"] == "FusionFramesFrameInterpolator"
+    assert "at least 2 frames" in error["exception_message"]
+
+
+def test_interrupt_stops_sampling_within_a_step(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=1000, seed=123)
+    prompt_id = comfy_server.queue(graph)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the sampler is running
+        running = comfy_server.get("/queue")["queue_running"]
+        if running and running[0][1] == prompt_id:
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    started = time.monotonic()
+    comfy_server.interrupt()
+    entry = comfy_server.wait(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - started
+    assert entry["status"]["status_str"] == "error"
+    messages = [m[0] for m in entry["status"].get("messages", [])]
+    assert "execution_interrupted" in messages
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+    _assert_server_still_works(comfy_server)
