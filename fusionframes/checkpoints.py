@@ -9,6 +9,7 @@ nothing half-built and a 16 GB checkpoint is not copied twice.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,10 +69,16 @@ def _read_pt(path: Path) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        blocked = re.search(r"GLOBAL (\S+)", str(error))
+        if blocked:
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains a Python object ({blocked.group(1)}), not only "
+                "tensors; loading it could run code. Official Kandinsky Video checkpoints hold only tensors: "
+                "download the official file."
+            ) from None
         raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than tensors ({str(error).splitlines()[0]}). "
-            "Official Kandinsky Video checkpoints hold only tensors; use the official file or convert it with "
-            "'python -m fusionframes convert'."
+            f"{path}: cannot be read as a PyTorch checkpoint. The file is probably truncated or corrupted: "
+            "download it again."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(
