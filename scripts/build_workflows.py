@@ -47,10 +47,10 @@ def _save(images: list, fps: list | float, prefix: str) -> dict:
 
 def _sampler(release: str, **extra) -> dict:
     inputs = {"keyframe_model": link("keyframe_model"), "conditioning": link("encode"), "width": 512,
-              "height": 512, "keyframes": 0, "seed": 42, "steps": 50, "guidance": 5.0}
+              "height": 512, "keyframes": 0, "seed": 42, "steps": 50, "guidance": 5.0, "image_guidance": 2.0,
+              "first_frame_guidance": 5.0, "motion": "medium", "noise_augmentation": 20}
     if release == "1.1":
-        inputs.update({"movq": link("movq"), "image_guidance": 2.0, "first_frame_guidance": 5.0,
-                       "motion": "medium", "noise_augmentation": 20})
+        inputs["movq"] = link("movq")
     inputs.update(extra)
     return {"class_type": "FusionFramesKeyframeSampler", "inputs": inputs}
 
