@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Golden parity fixtures produced by the official code; the tests fail (never skip) when they are missing.
 export FUSIONFRAMES_GOLDEN ?= $(abspath ../shared/golden)
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo demo-engine test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# A real ComfyUI (installed into .host/) runs the shipped 1.1 text-to-video workflow through its HTTP API.
+# DEMO_ARGS=--keep-running leaves the server up for a browser.
 demo: $(STAMP)
+	$(PY) scripts/comfyui_demo.py $(DEMO_ARGS)
+
+# The same pipeline without ComfyUI, through the engine's command line.
+demo-engine: $(STAMP)
 	$(PY) -m fusionframes demo --release 1.1 --fps medium --width 128 --height 128 --seed 7 \
 		--prompt "a red car drifting, 4k video" --out out/demo_t2v_medium.mp4
 
