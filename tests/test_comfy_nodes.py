@@ -198,3 +198,22 @@ def test_interrupt_stops_sampling_within_a_step(comfy_server):
     assert "execution_interrupted" in messages
     assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
     _assert_server_still_works(comfy_server)
+
+
+def test_latent_of_another_model_family_is_refused_by_name(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    interpolator = next(k for k, v in graph.items() if v["class_type"] == "FusionFramesFrameInterpolator")
+    graph["99"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}}
+    graph[interpolator]["inputs"]["latent"] = ["99", 0]
+    error = _failure(comfy_server, graph)
+    assert error["node_type"] == "FusionFramesFrameInterpolator"
+    assert "does not come from a FusionFrames node" in error["exception_message"]
+
+
+def test_text_encoder_of_another_release_is_refused_with_the_widths(comfy_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesLoadTextEncoder")["inputs"]["projections"] = "kandinsky_video_1_1/t5_projections.pt"
+    error = _failure(comfy_server, graph)
+    assert error["node_type"] == "FusionFramesKeyframeSampler"
+    assert "64-wide contexts" in error["exception_message"] and "expects 4096" in error["exception_message"]
+    _assert_server_still_works(comfy_server)
