@@ -208,15 +208,16 @@ def ui_graph(graph: dict, object_info: dict) -> dict:
     """The UI (litegraph) form of an API graph: nodes with widget values in schema order, links, layout."""
     links, nodes = [], {}
     depth = _depths(graph)
-    rows: dict[int, int] = {}
+    column_heights: dict[int, int] = {}
     for node_id, node in graph.items():
         info = object_info[node["class_type"]]
         column = depth[node_id]
-        row = rows.get(column, 0)
-        rows[column] = row + 1
+        height = 60 + 26 * (len(_input_specs(info)) + len(info["output"]))
+        top = column_heights.get(column, 40)
+        column_heights[column] = top + height + 50
         nodes[node_id] = {
-            "id": int(node_id), "type": node["class_type"], "pos": [40 + 360 * column, 40 + 260 * row],
-            "size": [320, 200], "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
+            "id": int(node_id), "type": node["class_type"], "pos": [40 + 420 * column, top],
+            "size": [380, height], "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": [],
             "title": node["_meta"]["title"],
         }
