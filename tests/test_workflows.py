@@ -18,7 +18,8 @@ def test_api_file_is_the_definition_and_ui_file_has_the_same_nodes(name):
     api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
     assert api == expected, "re-run scripts/build_workflows.py"
     ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
-    assert sorted((str(n["id"]), n["type"]) for n in ui["nodes"]) == sorted((k, v["class_type"]) for k, v in api.items())
+    ui_nodes = sorted((str(n["id"]), n["type"]) for n in ui["nodes"])
+    assert ui_nodes == sorted((k, v["class_type"]) for k, v in api.items())
     linked = sum(isinstance(v, list) for node in api.values() for v in node["inputs"].values())
     assert len(ui["links"]) == linked
 
