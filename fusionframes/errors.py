@@ -15,3 +15,7 @@ class ConfigError(FusionFramesError):
 
 class InputError(FusionFramesError):
     """A call argument is out of range: sizes, frame counts, guidance values, prompts."""
+
+
+class OutOfMemory(FusionFramesError):
+    """The device ran out of memory; the message names the settings that reduce what a stage needs."""

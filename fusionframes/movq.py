@@ -11,15 +11,19 @@ and it attends along time at the lowest resolution.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .configs import MoVQConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, OutOfMemory
+from .memory import release_cached_memory
+
+logger = logging.getLogger(__name__)
 
 NORM_GROUPS = 32  # hard-coded by the official ``Normalize``
 NORM_EPS = 1e-6
@@ -439,15 +443,38 @@ def decode_video(movq: MoVQ, latents: torch.Tensor, clip_frames: int | None = No
     images: torch.Tensor | None = None
     start = 0
     for chunk in latents.split(clip):
-        decoded = movq.decode(chunk)
-        if images is None:
-            images = torch.empty((total, *decoded.shape[1:]), dtype=torch.float32)
-        images[start:start + chunk.shape[0]] = decoded.to("cpu", torch.float32)
-        start += chunk.shape[0]
-        if progress is not None:
-            progress(start, total)
+        for decoded in _decode_shrinking(movq, chunk):
+            if images is None:
+                images = torch.empty((total, *decoded.shape[1:]), dtype=torch.float32)
+            images[start:start + decoded.shape[0]] = decoded.to("cpu", torch.float32)
+            start += decoded.shape[0]
+            if progress is not None:
+                progress(start, total)
     assert images is not None
     return images
+
+
+def _decode_shrinking(movq: MoVQ, clip: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Decode a clip; when the device runs out of memory, release it and decode the two halves instead.
+
+    For the image decoder the result is identical; for the temporal decoder the halves are separate clips (clip
+    borders move), which is logged. A single frame that does not fit is an error saying what to lower.
+    """
+    try:
+        yield movq.decode(clip)
+        return
+    except torch.OutOfMemoryError:
+        release_cached_memory()
+    if clip.shape[0] == 1:
+        height, width = (s * movq.downscale for s in clip.shape[-2:])
+        raise OutOfMemory(f"out of device memory decoding a single {width}x{height} frame: lower the resolution, "
+                          "or free device memory (in ComfyUI: unload other models).") from None
+    half = (clip.shape[0] + 1) // 2
+    if movq.decodes_clips:
+        logger.warning("out of device memory decoding a clip of %d frames: decoding clips of %d instead (clip "
+                       "borders move)", clip.shape[0], half)
+    for part in clip.split(half):
+        yield from _decode_shrinking(movq, part)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from . import guidance
 from .errors import InputError
 from .interpolation_unet import InterpolationUNet10, InterpolationUNet11
 from .keyframe_unet import KeyframeUNet10, KeyframeUNet11
+from .memory import explain_out_of_memory
 from .movq import MoVQ, decode_video
 from .noise import NoiseSource
 from .sampling import OnStep, initial_noise, sample
@@ -63,6 +64,18 @@ def interleave(keyframes: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return video
 
 
+def _advice(width: int, height: int, frames: int | None, what: str) -> str:
+    count = f", the number of {what} ({frames})" if frames else ""
+    return (f"lower width/height ({width}x{height}){count}, load the model in bf16/fp16, or free device memory "
+            "(in ComfyUI: unload other models).")
+
+
+def _latent_advice(latents: torch.Tensor) -> str:
+    height, width = (LATENT_SCALE * s for s in latents.shape[-2:])
+    return (f"lower the resolution ({width}x{height}) or the number of frames ({latents.shape[0]}), load the model "
+            "in bf16/fp16, or free device memory.")
+
+
 def _check_keyframes(latents: torch.Tensor) -> None:
     if latents.dim() != 4 or latents.shape[0] < 2:
         raise InputError(f"interpolation needs at least 2 latent frames (N, 4, h, w), got {tuple(latents.shape)}.")
@@ -87,8 +100,9 @@ def sample_keyframes_10(
         raise InputError(f"number of keyframes must be at least 1, got {num_frames}.")
     schedule = K10Schedule(steps, prediction="eps")
     denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale, negative)
-    return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
-                  device=unet.device, on_step=on_step)
+    with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
+        return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
+                      device=unet.device, on_step=on_step)
 
 
 def interpolate_10(
@@ -107,7 +121,8 @@ def interpolate_10(
     schedule = K10Schedule(steps, prediction="v")
     denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
-    return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
+    with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
 
 
 def sample_first_frame_11(
@@ -125,7 +140,9 @@ def sample_first_frame_11(
     schedule = K11Schedule(FIRST_FRAME_STEPS, spacing="leading", prediction="epsilon")
     denoise = guidance.first_frame_11(unet, text, guidance_scale)
     shape = (1, 4, height // (LATENT_SCALE // 2), width // (LATENT_SCALE // 2))
-    return sample(schedule, denoise, shape, noise, "first_frame", device=unet.device, on_step=on_step)
+    with explain_out_of_memory("sampling the first frame (at twice the video's resolution)",
+                               _advice(width, height, None, "")):
+        return sample(schedule, denoise, shape, noise, "first_frame", device=unet.device, on_step=on_step)
 
 
 def _to_uint8_image(image: torch.Tensor) -> Image.Image:
@@ -182,8 +199,10 @@ def sample_keyframes_11(
     augmented = schedule.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
-    return sample(schedule, denoise, shape, noise, "keyframes", device=unet.device, x_init=x_init,
-                  on_step=on_step)
+    height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
+    with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
+        return sample(schedule, denoise, shape, noise, "keyframes", device=unet.device, x_init=x_init,
+                      on_step=on_step)
 
 
 def interpolate_11(
@@ -202,7 +221,8 @@ def interpolate_11(
     schedule = K11Schedule(INTERPOLATION_STEPS_11, spacing="trailing", prediction="v_prediction")
     denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
-    return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
+    with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
 
 
 def decode_frames(
