@@ -217,3 +217,16 @@ def test_text_encoder_of_another_release_is_refused_with_the_widths(comfy_server
     assert error["node_type"] == "FusionFramesKeyframeSampler"
     assert "64-wide contexts" in error["exception_message"] and "expects 4096" in error["exception_message"]
     _assert_server_still_works(comfy_server)
+
+
+@pytest.mark.parametrize("name", ["kandinsky_video_1_0/not_there.pt", "../../../../etc/passwd"])
+def test_missing_or_outside_model_file_gets_an_error_saying_what_to_do(comfy_server, name):
+    """ComfyUI 0.3.75 does not check V3 combo values against the list: the loader resolves names only inside the
+    model folders (a path that climbs out is read as a name inside them) and says where to put the file."""
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = name
+    error = _failure(comfy_server, graph)
+    assert error["node_type"] == "FusionFramesLoadKeyframeModel"
+    assert "not found in" in error["exception_message"] and "models/fusionframes" in error["exception_message"]
+    assert "Put the official checkpoint" in error["exception_message"]
+    assert "root:" not in error["exception_message"]  # nothing of /etc/passwd was read
