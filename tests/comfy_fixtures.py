@@ -14,13 +14,18 @@ still starts it once per definition). Installation failures fail the test; nothi
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tests.comfy_host import BASE_DIR, ComfyServer, ensure_host
+from fusionframes.demo_models import create_demo_models
+from fusionframes.video_io import write_video
+from tests.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host
 
 
 def make_comfy_server_fixture(
@@ -47,3 +52,29 @@ def make_comfy_server_fixture(
 
 
 comfy_server = make_comfy_server_fixture()
+
+
+SIZE = 64
+
+
+def install_demo_models(base: Path) -> None:
+    """Demo models in the layout the README tells users to use, plus the inputs the workflows load."""
+    demo = create_demo_models(HOST_DIR / "demo_models")
+    models = base / "models"
+    for source, target in (("k10", "kandinsky_video_1_0"), ("k11", "kandinsky_video_1_1")):
+        if not (models / "fusionframes" / target).exists():
+            shutil.copytree(demo / source, models / "fusionframes" / target)
+    if not (models / "text_encoders" / "flan-ul2").exists():
+        shutil.copytree(demo / "text_encoder", models / "text_encoders" / "flan-ul2")
+    inputs = base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((80, 96, 3), dtype=np.uint8)
+    pixels[:, :48] = (220, 40, 40)
+    Image.fromarray(pixels).save(inputs / "fusionframes_first_frame.png")
+    frames = np.stack([np.roll(np.tile(np.linspace(0, 255, SIZE, dtype=np.uint8)[None, :, None], (SIZE, 1, 3)),
+                               4 * i, axis=1) for i in range(4)])
+    write_video(inputs / "fusionframes_clip.mp4", frames, fps=6)
+
+
+#: one server with the demo models for every test module that needs it (defined here, registered in conftest.py)
+demo_server = make_comfy_server_fixture(prepare=install_demo_models, base=HOST_DIR / "base_nodes")

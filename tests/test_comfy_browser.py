@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_host import HOST_DIR, REPO, ensure_browser
-from tests.test_comfy_nodes import comfy_server  # noqa: F401  (the server with the demo models)
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +35,9 @@ def _inputs(prompt: dict) -> dict:
     return {node_id: (node["class_type"], node["inputs"]) for node_id, node in prompt.items()}
 
 
-def test_every_shipped_workflow_loads_in_the_page_with_no_missing_node_types(comfy_server):  # noqa: F811
+def test_every_shipped_workflow_loads_in_the_page_with_no_missing_node_types(demo_server):
     assert WORKFLOWS
-    results = _load_in_page(comfy_server, [f"template:comfyui-fusionframes/{p.stem}" for p in WORKFLOWS])
+    results = _load_in_page(demo_server, [f"template:comfyui-fusionframes/{p.stem}" for p in WORKFLOWS])
     for path in WORKFLOWS:
         result = results[path.stem]
         assert result["nodes"] > 0, path.stem
@@ -49,11 +48,11 @@ def test_every_shipped_workflow_loads_in_the_page_with_no_missing_node_types(com
         assert _inputs(result["prompt"]) == _inputs(expected), f"{path.stem}: UI and API formats disagree"
 
 
-def test_the_check_sees_a_missing_node_type(comfy_server, tmp_path):  # noqa: F811
+def test_the_check_sees_a_missing_node_type(demo_server, tmp_path):
     workflow = json.loads(WORKFLOWS[0].read_text())
     workflow["nodes"][0]["type"] = "NoSuchNodeAnywhere"
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(workflow))
-    result = _load_in_page(comfy_server, [str(broken)])["broken"]
+    result = _load_in_page(demo_server, [str(broken)])["broken"]
     assert result["missing"] == ["NoSuchNodeAnywhere"]
     assert HOST_DIR.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_comfy_nodes import _node, api_workflow, comfy_server, execution_error, shrink  # noqa: F401
+from tests.test_comfy_nodes import _node, api_workflow, execution_error, shrink
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +64,8 @@ def _interrupted(server, seed: int) -> bool:
     return "execution_interrupted" in [m[0] for m in entry["status"].get("messages", [])]
 
 
-def test_fifty_prompts_a_fifth_invalid_or_interrupted(comfy_server):  # noqa: F811
-    server = comfy_server
+def test_fifty_prompts_a_fifth_invalid_or_interrupted(demo_server):
+    server = demo_server
     kinds = {4: invalid_widget, 9: wrong_file, 14: bad_size, 19: "interrupt", 24: invalid_widget, 29: wrong_file,
              34: bad_size, 39: "interrupt", 44: invalid_widget, 49: "interrupt"}
     assert len(kinds) == PROMPTS // 5

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from fusionframes.demo_models import create_demo_models
-from fusionframes.video_io import read_video, write_video
-from tests.comfy_fixtures import make_comfy_server_fixture
-from tests.comfy_host import HOST_DIR, execution_error, output_items, pack_nodes
+from fusionframes.video_io import read_video
+from tests.comfy_host import execution_error, output_items, pack_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -34,28 +30,6 @@ PACK_NODES = {
 }
 SIZE = 64
 KEYFRAMES = 3
-
-
-def install_demo_models(base: Path) -> None:
-    """Demo models in the layout the README tells users to use, plus the inputs the workflows load."""
-    demo = create_demo_models(HOST_DIR / "demo_models")
-    models = base / "models"
-    for source, target in (("k10", "kandinsky_video_1_0"), ("k11", "kandinsky_video_1_1")):
-        if not (models / "fusionframes" / target).exists():
-            shutil.copytree(demo / source, models / "fusionframes" / target)
-    if not (models / "text_encoders" / "flan-ul2").exists():
-        shutil.copytree(demo / "text_encoder", models / "text_encoders" / "flan-ul2")
-    inputs = base / "input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    pixels = np.zeros((80, 96, 3), dtype=np.uint8)
-    pixels[:, :48] = (220, 40, 40)
-    Image.fromarray(pixels).save(inputs / "fusionframes_first_frame.png")
-    frames = np.stack([np.roll(np.tile(np.linspace(0, 255, SIZE, dtype=np.uint8)[None, :, None], (SIZE, 1, 3)),
-                               4 * i, axis=1) for i in range(4)])
-    write_video(inputs / "fusionframes_clip.mp4", frames, fps=6)
-
-
-comfy_server = make_comfy_server_fixture(prepare=install_demo_models, base=HOST_DIR / "base_nodes")
 
 
 def api_workflow(name: str) -> dict:
@@ -82,9 +56,9 @@ def saved_video(server, entry: dict) -> np.ndarray:
     return read_video(server.output_path(items[0]))
 
 
-def test_pack_imports_and_lists_every_node_with_its_inputs(comfy_server):
-    assert not comfy_server.import_failed(), comfy_server.import_traceback()
-    nodes = pack_nodes(comfy_server.object_info())
+def test_pack_imports_and_lists_every_node_with_its_inputs(demo_server):
+    assert not demo_server.import_failed(), demo_server.import_traceback()
+    nodes = pack_nodes(demo_server.object_info())
     assert set(nodes) == PACK_NODES
     for name, info in nodes.items():
         assert info["category"].startswith("FusionFrames"), name
@@ -98,8 +72,8 @@ def test_pack_imports_and_lists_every_node_with_its_inputs(comfy_server):
     assert nodes["FusionFramesMoVQDecode"]["output"] == ["IMAGE", "FLOAT"]
 
 
-def test_shipped_workflows_are_served_as_templates(comfy_server):
-    templates = comfy_server.get("/workflow_templates")
+def test_shipped_workflows_are_served_as_templates(demo_server):
+    templates = demo_server.get("/workflow_templates")
     shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
     assert set(templates["comfyui-fusionframes"]) == shipped
 
@@ -111,10 +85,10 @@ def test_shipped_workflows_are_served_as_templates(comfy_server):
     ("fusionframes_video_frame_interpolation", 4 * 4 - 3, SIZE),
     ("fusionframes_temporal_blocks_side_by_side", KEYFRAMES, 2 * SIZE),
 ])
-def test_shipped_workflow_writes_the_expected_mp4(comfy_server, name, frames, width):
-    entry = comfy_server.run(shrink(api_workflow(name)), timeout=900)
+def test_shipped_workflow_writes_the_expected_mp4(demo_server, name, frames, width):
+    entry = demo_server.run(shrink(api_workflow(name)), timeout=900)
     assert entry["status"]["status_str"] == "success", execution_error(entry)
-    video = saved_video(comfy_server, entry)
+    video = saved_video(demo_server, entry)
     assert video.shape == (frames, SIZE, width, 3)
     assert video.std() > 1  # not a blank video
 
@@ -137,95 +111,95 @@ def _node(graph: dict, class_type: str) -> dict:
     return next(node for node in graph.values() if node["class_type"] == class_type)
 
 
-def test_out_of_range_widget_is_rejected_with_the_nodes_error(comfy_server):
+def test_out_of_range_widget_is_rejected_with_the_nodes_error(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesKeyframeSampler")["inputs"]["width"] = 32
-    status, body = comfy_server.submit(graph)
+    status, body = demo_server.submit(graph)
     assert status == 400
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     errors = [e for node in body["node_errors"].values() for e in node["errors"]]
     assert any(e["type"] == "value_smaller_than_min" and e["extra_info"]["input_name"] == "width" for e in errors)
-    _assert_server_still_works(comfy_server)
+    _assert_server_still_works(demo_server)
 
 
-def test_movq_file_given_to_the_keyframe_loader_says_what_it_is(comfy_server):
+def test_movq_file_given_to_the_keyframe_loader_says_what_it_is(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = "kandinsky_video_1_0/movq.pt"
-    error = _failure(comfy_server, graph)
+    error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesLoadKeyframeModel"
     assert "is an image MoVQ" in error["exception_message"] and "a keyframe U-Net" in error["exception_message"]
-    _assert_server_still_works(comfy_server)
+    _assert_server_still_works(demo_server)
 
 
-def test_corrupted_model_file_gets_a_clear_execution_error(comfy_server):
-    broken = comfy_server.base / "models" / "fusionframes" / "kandinsky_video_1_0" / "broken.pt"
+def test_corrupted_model_file_gets_a_clear_execution_error(demo_server):
+    broken = demo_server.base / "models" / "fusionframes" / "kandinsky_video_1_0" / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     try:
         graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
         _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = "kandinsky_video_1_0/broken.pt"
-        error = _failure(comfy_server, graph)
+        error = _failure(demo_server, graph)
         assert "download it again" in error["exception_message"]
     finally:
         broken.unlink()
-    _assert_server_still_works(comfy_server)
+    _assert_server_still_works(demo_server)
 
 
-def test_latent_of_a_single_frame_cannot_be_interpolated(comfy_server):
+def test_latent_of_a_single_frame_cannot_be_interpolated(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesKeyframeSampler")["inputs"]["keyframes"] = 1
-    error = _failure(comfy_server, graph)
+    error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesFrameInterpolator"
     assert "at least 2 frames" in error["exception_message"]
 
 
-def test_interrupt_stops_sampling_within_a_step(comfy_server):
+def test_interrupt_stops_sampling_within_a_step(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=1000, seed=123)
-    prompt_id = comfy_server.queue(graph)
+    prompt_id = demo_server.queue(graph)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until the sampler is running
-        running = comfy_server.get("/queue")["queue_running"]
+        running = demo_server.get("/queue")["queue_running"]
         if running and running[0][1] == prompt_id:
             break
         time.sleep(0.2)
     time.sleep(3)
     started = time.monotonic()
-    comfy_server.interrupt()
-    entry = comfy_server.wait(prompt_id, timeout=120)
+    demo_server.interrupt()
+    entry = demo_server.wait(prompt_id, timeout=120)
     stopped_after = time.monotonic() - started
     assert entry["status"]["status_str"] == "error"
     messages = [m[0] for m in entry["status"].get("messages", [])]
     assert "execution_interrupted" in messages
     assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
-    _assert_server_still_works(comfy_server)
+    _assert_server_still_works(demo_server)
 
 
-def test_latent_of_another_model_family_is_refused_by_name(comfy_server):
+def test_latent_of_another_model_family_is_refused_by_name(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     interpolator = next(k for k, v in graph.items() if v["class_type"] == "FusionFramesFrameInterpolator")
     graph["99"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}}
     graph[interpolator]["inputs"]["latent"] = ["99", 0]
-    error = _failure(comfy_server, graph)
+    error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesFrameInterpolator"
     assert "does not come from a FusionFrames node" in error["exception_message"]
 
 
-def test_text_encoder_of_another_release_is_refused_with_the_widths(comfy_server):
+def test_text_encoder_of_another_release_is_refused_with_the_widths(demo_server):
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesLoadTextEncoder")["inputs"]["projections"] = "kandinsky_video_1_1/t5_projections.pt"
-    error = _failure(comfy_server, graph)
+    error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesKeyframeSampler"
     assert "64-wide contexts" in error["exception_message"] and "expects 4096" in error["exception_message"]
-    _assert_server_still_works(comfy_server)
+    _assert_server_still_works(demo_server)
 
 
 @pytest.mark.parametrize("name", ["kandinsky_video_1_0/not_there.pt", "../../../../etc/passwd"])
-def test_missing_or_outside_model_file_gets_an_error_saying_what_to_do(comfy_server, name):
+def test_missing_or_outside_model_file_gets_an_error_saying_what_to_do(demo_server, name):
     """ComfyUI 0.3.75 does not check V3 combo values against the list: the loader resolves names only inside the
     model folders (a path that climbs out is read as a name inside them) and says where to put the file."""
     graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
     _node(graph, "FusionFramesLoadKeyframeModel")["inputs"]["ckpt_name"] = name
-    error = _failure(comfy_server, graph)
+    error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesLoadKeyframeModel"
     assert "not found in" in error["exception_message"] and "models/fusionframes" in error["exception_message"]
     assert "Put the official checkpoint" in error["exception_message"]
