@@ -6,6 +6,7 @@ from one seed and a parity fixture can replay the official noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -36,9 +37,30 @@ KEYFRAME_FPS = 2.0
 FPS_GAIN_PER_PASS = 4
 
 
+#: larger frames would not fit any device (the official models were trained at 512x512)
+MAX_SIDE = 4096
+
+
 def check_size(width: int, height: int) -> None:
+    if isinstance(width, bool) or isinstance(height, bool) or not isinstance(width, int) or not isinstance(height, int):
+        raise InputError(f"width and height must be integers, got {width!r} x {height!r}.")
     if width <= 0 or height <= 0 or width % 64 or height % 64:
         raise InputError(f"width and height must be positive multiples of 64, got {width}x{height}.")
+    if max(width, height) > MAX_SIDE:
+        raise InputError(f"width and height must be at most {MAX_SIDE}, got {width}x{height}.")
+
+
+def check_guidance(**weights: float) -> None:
+    """Guidance weights must be finite numbers (NaN or infinity would silently give a NaN video)."""
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value!r}.")
+
+
+def check_frames(count: object, minimum: int, what: str) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or count < minimum:
+        raise InputError(f"{what} must be an integer of at least {minimum}, got {count!r}.")
+    return count
 
 
 def latent_shape(frames: int, height: int, width: int, channels: int = 4) -> tuple[int, int, int, int]:
@@ -95,9 +117,8 @@ def sample_keyframes_10(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding."""
-    num_frames = num_frames or unet.config.num_frames or 15
-    if num_frames < 1:
-        raise InputError(f"number of keyframes must be at least 1, got {num_frames}.")
+    num_frames = check_frames(num_frames or unet.config.num_frames or 15, 1, "the number of keyframes")
+    check_guidance(guidance_scale=guidance_scale)
     schedule = K10Schedule(steps, prediction="eps")
     denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale, negative)
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
@@ -118,6 +139,7 @@ def interpolate_10(
 ) -> torch.Tensor:
     """1.0 interpolation pass: 3 frames between every pair; returns the groups (N-1, 12, h, w)."""
     _check_keyframes(keyframes)
+    check_guidance(guidance_scale=guidance_scale)
     schedule = K10Schedule(steps, prediction="v")
     denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
@@ -137,6 +159,7 @@ def sample_first_frame_11(
 ) -> torch.Tensor:
     """1.1 first frame: image mode at twice the target resolution (latent (1, 4, H/4, W/4)), as the official code."""
     check_size(width, height)
+    check_guidance(guidance_scale=guidance_scale)
     schedule = K11Schedule(FIRST_FRAME_STEPS, spacing="leading", prediction="epsilon")
     denoise = guidance.first_frame_11(unet, text, guidance_scale)
     shape = (1, 4, height // (LATENT_SCALE // 2), width // (LATENT_SCALE // 2))
@@ -188,9 +211,10 @@ def sample_keyframes_11(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation."""
-    if num_frames < 2:
-        raise InputError(f"1.1 needs at least 2 keyframes, got {num_frames}.")
-    if not 0 <= noise_augmentation < 1000:
+    check_frames(num_frames, 2, "the number of 1.1 keyframes")
+    check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
+    if isinstance(noise_augmentation, bool) or not isinstance(noise_augmentation, int) or \
+            not 0 <= noise_augmentation < 1000:
         raise InputError(f"noise augmentation must be in [0, 999], got {noise_augmentation}.")
     schedule = K11Schedule(KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
     shape = (num_frames, *key_frame.shape)
@@ -218,6 +242,7 @@ def interpolate_11(
 ) -> torch.Tensor:
     """1.1 interpolation pass: 10 trailing v-prediction steps; returns the groups (N-1, 12, h, w)."""
     _check_keyframes(keyframes)
+    check_guidance(guidance_scale=guidance_scale)
     schedule = K11Schedule(INTERPOLATION_STEPS_11, spacing="trailing", prediction="v_prediction")
     denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
