@@ -101,6 +101,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_generate(args)
 
 
+def cmd_train_temporal(args: argparse.Namespace) -> int:
+    from .training import TrainingConfig, train_temporal
+
+    config = TrainingConfig(
+        checkpoint=Path(args.checkpoint), videos=Path(args.videos), output=Path(args.out), variant=args.variant,
+        fresh=args.fresh, movq=Path(args.movq) if args.movq else None,
+        text_encoder=Path(args.text_encoder) if args.text_encoder else None,
+        projections=Path(args.projections) if args.projections else None, prompt=args.prompt, frames=args.frames,
+        frame_stride=args.frame_stride, size=args.size, steps=args.steps, learning_rate=args.lr,
+        batch_clips=args.batch, seed=args.seed, device=args.device, save_every=args.save_every,
+    )
+
+    def report(step: int, total: int, loss: float) -> None:
+        if step == 1 or step % args.log_every == 0 or step == total:
+            print(f"step {step}/{total}  loss {loss:.5f}", flush=True)
+
+    started = time.perf_counter()
+    result = train_temporal(config, on_step=report)
+    for reason in result.skipped_videos:
+        print(f"skipped: {reason}")
+    print(f"trained {result.trainable_parameters:,} {result.variant} parameters in "
+          f"{time.perf_counter() - started:.1f} s; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
     parser.add_argument("--negative-prompt", default=None, help="1.0 only (1.1 ignores negative prompts)")
@@ -146,10 +177,40 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--model", choices=MODEL_KINDS, required=True)
     keys.set_defaults(run=cmd_keys)
 
+    train = commands.add_parser("train-temporal", help="train a keyframe model's temporal blocks on video clips "
+                                                        "(spatial U-Net frozen)")
+    train.add_argument("--checkpoint", required=True, help="keyframe checkpoint (kandinsky_video.pt / t2v.pt)")
+    train.add_argument("--videos", required=True, help="folder of .mp4/.gif/.webp clips (captions: clip.txt beside)")
+    train.add_argument("--out", required=True, help="checkpoint to write (same layout, loads like the original)")
+    train.add_argument("--variant", default="auto", help="auto (what the checkpoint holds) or one of "
+                       "Conv1dAttn1dBlocks, Conv1dAttn3dBlocks, Conv3dAttn1dBlocks, Conv1dAttn1dLayers")
+    train.add_argument("--fresh", action="store_true", help="start untrained temporal blocks of the variant")
+    train.add_argument("--movq", default=None, help="image MoVQ (default: movq.pt beside the checkpoint)")
+    train.add_argument("--text-encoder", default=None, help="google/flan-ul2 folder; without it: null context")
+    train.add_argument("--projections", default=None, help="T5 projections (default: the release's file)")
+    train.add_argument("--prompt", default=None, help="caption of videos without a .txt file")
+    train.add_argument("--frames", type=int, default=8, help="frames per training clip")
+    train.add_argument("--frame-stride", type=int, default=1, help="take every n-th video frame")
+    train.add_argument("--size", type=int, default=256, help="square frame side in pixels")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--batch", type=int, default=1, help="clips per step")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--save-every", type=int, default=0, help="also write the checkpoint every n steps")
+    train.set_defaults(run=cmd_train_temporal)
+
     parity = commands.add_parser("check-parity", help="run every case of a golden fixture directory")
     parity.add_argument("fixtures", help="directory with cases/ and models/ (e.g. ../shared/golden)")
     parity.add_argument("--case", action="append", help="only this case (repeatable)")
     parity.set_defaults(run=cmd_check_parity)
+
+    from .bench import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser("bench", help="time every stage with random weights: seconds, peak memory, FLOPs, MFU")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
