@@ -26,6 +26,8 @@ from .errors import CheckpointError
 from .interpolation_unet import InterpolationUNet10, InterpolationUNet11
 from .keyframe_unet import KeyframeUNet10, KeyframeUNet11
 from .movq import MoVQ
+from .temporal_designs import TemporalDesign
+from .temporal_variants import design_for_keys
 
 #: nested groups of the official files, flattened to ``GROUP.key`` in safetensors
 NESTED_GROUPS = ("unet", "projections", "projection_base", "projection_interpolation")
@@ -178,13 +180,16 @@ def inspect(path: str | Path) -> CheckpointInfo:
     return detect(read_checkpoint(path), path)
 
 
-def build_model(release: str, kind: str, config: UNetConfig | MoVQConfig) -> nn.Module:
-    """The model class for (release, kind) built from ``config`` on the current default device."""
+def build_model(
+    release: str, kind: str, config: UNetConfig | MoVQConfig, design: TemporalDesign | None = None
+) -> nn.Module:
+    """The model class for (release, kind) built from ``config`` on the current default device; ``design``: a
+    keyframe model's temporal variant (default: the released one)."""
     try:
         cls = MODEL_CLASSES[(release, kind)]
     except KeyError:
         raise CheckpointError(f"release {release} has no {kind} model.") from None
-    return cls(config)
+    return cls(config) if design is None else cls(config, design=design)
 
 
 def _describe(keys: list[str], limit: int = 5) -> str:
@@ -254,8 +259,9 @@ def load_model(
     if info.kind not in MODEL_KINDS:
         raise CheckpointError(f"{info.path.name} is {KIND_LABELS[info.kind]}, not a model this loader builds.")
     config = resolve_config(info.release, config_path, info.path).for_kind(info.kind)
+    design = design_for_keys(info.release, info.weights) if info.kind == "keyframe" else None
     with torch.device("meta"):
-        model = build_model(info.release, info.kind, config)
+        model = build_model(info.release, info.kind, config, design)
     check_state_dict(model, info.weights, info.path)
     target = dtype or torch.float32
     weights = {k: v.to(device=device, dtype=target) if v.is_floating_point() else v.to(device)

@@ -23,11 +23,13 @@ def _check_frames(batch: int, frames: int) -> None:
 
 
 class TemporalStrength:
-    """How strongly each kind of temporal block acts (1 = as trained, 0 = off)."""
+    """How strongly each kind of temporal block acts (1 = as trained, 0 = off), and on which U-Net levels
+    (None = all)."""
 
-    def __init__(self, conv: float = 1.0, attention: float = 1.0) -> None:
+    def __init__(self, conv: float = 1.0, attention: float = 1.0, levels: frozenset[int] | None = None) -> None:
         self.conv = float(conv)
         self.attention = float(attention)
+        self.levels = levels
 
 
 class KeyframeUNet10(KandinskyUNet):
@@ -68,6 +70,7 @@ class KeyframeUNet10(KandinskyUNet):
             position_embed=self.to_temporal_embed(positions),
             conv_strength=self.strength.conv,
             attention_strength=self.strength.attention,
+            levels=self.strength.levels,
         )
         return self._run_levels(x, time_embed, context, context_mask, state)
 
@@ -128,5 +131,6 @@ class KeyframeUNet11(KandinskyUNet):
             norm_embed=time_embed + temporal_embed,
             conv_strength=self.strength.conv,
             attention_strength=self.strength.attention,
+            levels=self.strength.levels,
         )
         return self._run_levels(self.in_layer(x), time_embed, context, context_mask, state)

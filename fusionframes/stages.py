@@ -15,13 +15,14 @@ from PIL import Image
 
 from . import guidance
 from .errors import InputError
+from .fast_samplers import make_schedule
 from .interpolation_unet import InterpolationUNet10, InterpolationUNet11
 from .keyframe_unet import KeyframeUNet10, KeyframeUNet11
 from .memory import explain_out_of_memory
 from .movq import MoVQ, decode_video
 from .noise import NoiseSource
 from .sampling import OnStep, initial_noise, sample
-from .schedules import K10Schedule, K11Schedule
+from .schedules import K11Schedule
 
 #: 1.1 step counts and skip-frame values are fixed by the official pipeline
 FIRST_FRAME_STEPS = 50
@@ -115,11 +116,14 @@ def sample_keyframes_10(
     num_frames: int | None = None,
     negative: guidance.TextCondition | None = None,
     on_step: OnStep | None = None,
+    sampler: str = "official",
 ) -> torch.Tensor:
-    """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding."""
+    """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding.
+
+    ``sampler``: "official" (the default, exactly the official DDPM) or a faster option of ``fast_samplers``."""
     num_frames = check_frames(num_frames or unet.config.num_frames or 15, 1, "the number of keyframes")
     check_guidance(guidance_scale=guidance_scale)
-    schedule = K10Schedule(steps, prediction="eps")
+    schedule = make_schedule("1.0", "keyframes", sampler, steps)
     denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale, negative)
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
         return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
@@ -136,11 +140,12 @@ def interpolate_10(
     skip_frames: int = 3,
     phase: str = "interpolation",
     on_step: OnStep | None = None,
+    sampler: str = "official",
 ) -> torch.Tensor:
     """1.0 interpolation pass: 3 frames between every pair; returns the groups (N-1, 12, h, w)."""
     _check_keyframes(keyframes)
     check_guidance(guidance_scale=guidance_scale)
-    schedule = K10Schedule(steps, prediction="v")
+    schedule = make_schedule("1.0", "interpolation", sampler, steps)
     denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
     with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
@@ -156,11 +161,15 @@ def sample_first_frame_11(
     *,
     guidance_scale: float = 5.0,
     on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
 ) -> torch.Tensor:
-    """1.1 first frame: image mode at twice the target resolution (latent (1, 4, H/4, W/4)), as the official code."""
+    """1.1 first frame: image mode at twice the target resolution (latent (1, 4, H/4, W/4)), as the official code.
+
+    ``steps`` None = the official 50; other counts need a ``sampler`` other than "official"."""
     check_size(width, height)
     check_guidance(guidance_scale=guidance_scale)
-    schedule = K11Schedule(FIRST_FRAME_STEPS, spacing="leading", prediction="epsilon")
+    schedule = make_schedule("1.1", "first_frame", sampler, steps)
     denoise = guidance.first_frame_11(unet, text, guidance_scale)
     shape = (1, 4, height // (LATENT_SCALE // 2), width // (LATENT_SCALE // 2))
     with explain_out_of_memory("sampling the first frame (at twice the video's resolution)",
@@ -209,18 +218,22 @@ def sample_keyframes_11(
     noise_augmentation: int = 20,
     motion_score: int = MOTION_SCORES["medium"],
     on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
 ) -> torch.Tensor:
-    """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation."""
+    """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation
+    (always on the official training schedule, whichever ``sampler`` samples)."""
     check_frames(num_frames, 2, "the number of 1.1 keyframes")
     check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
     if isinstance(noise_augmentation, bool) or not isinstance(noise_augmentation, int) or \
             not 0 <= noise_augmentation < 1000:
         raise InputError(f"noise augmentation must be in [0, 999], got {noise_augmentation}.")
-    schedule = K11Schedule(KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
+    schedule = make_schedule("1.1", "keyframes", sampler, steps)
+    training = K11Schedule(KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
     shape = (num_frames, *key_frame.shape)
     x_init = initial_noise(noise, "keyframes", shape)
     augmentation = noise.uniform("keyframes", "noise_aug", tuple(key_frame.shape))
-    augmented = schedule.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
+    augmented = training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
     height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
@@ -239,11 +252,13 @@ def interpolate_11(
     skip_frames: int = 3,
     phase: str = "interpolation",
     on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
 ) -> torch.Tensor:
     """1.1 interpolation pass: 10 trailing v-prediction steps; returns the groups (N-1, 12, h, w)."""
     _check_keyframes(keyframes)
     check_guidance(guidance_scale=guidance_scale)
-    schedule = K11Schedule(INTERPOLATION_STEPS_11, spacing="trailing", prediction="v_prediction")
+    schedule = make_schedule("1.1", "interpolation", sampler, steps)
     denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
     with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):

@@ -3,6 +3,11 @@
 The keyframe U-Nets of both releases use the paper's "Conv1dAttn1dBlocks" (separate temporal ResNet blocks after
 every spatial ResNet block and a temporal attention block beside every self-attention block). The interpolation
 U-Nets put a merged 3x1x1 temporal conv inside every conv Block (1.1 adds gated temporal attention).
+
+The paper's three other keyframe variants (FusionFrames section 4.1, Table 1), which have no released weights, are
+built by the same skeleton: ``Conv1dAttn3dBlocks`` and ``Conv3dAttn1dBlocks`` swap the block types, and
+``Conv1dAttn1dLayers`` puts single temporal layers inside the spatial Blocks and AttentionBlocks instead of separate
+blocks (through ``block_layer`` / ``attention_layer``). Their state-dict layouts are in ``docs/temporal_variants.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .temporal_blocks import GatedTemporalAttentionBlock, KeyframeTemporalAttentionBlock, TemporalResNetBlock
+from .temporal_blocks import (
+    GatedTemporalAttentionBlock,
+    KeyframeTemporalAttentionBlock,
+    TemporalAttentionLayer,
+    TemporalConv3dResNetBlock,
+    TemporalConvLayer,
+    TemporalResNetBlock,
+    WindowTemporalAttentionBlock,
+)
 
 if TYPE_CHECKING:
     from .unet_blocks import LevelSettings
@@ -34,6 +47,14 @@ class TemporalDesign:
         """The temporal attention block placed beside each self-attention block, or None."""
         return None
 
+    def block_layer(self, channels: int, kernel_size: int, settings: LevelSettings) -> nn.Module | None:
+        """A temporal layer inside a spatial conv Block, after its conv (``channels`` wide), or None."""
+        return None
+
+    def attention_layer(self, channels: int, settings: LevelSettings) -> nn.Module | None:
+        """A temporal layer inside a spatial AttentionBlock, between its attention and its MLP, or None."""
+        return None
+
 
 class Conv1dAttn1dBlocks(TemporalDesign):
     """The released keyframe design: temporal 1D-conv ResNet blocks and 1D (per-pixel) temporal attention blocks."""
@@ -44,11 +65,58 @@ class Conv1dAttn1dBlocks(TemporalDesign):
         self.release = release
 
     def resnet_block(self, channels: int, settings: LevelSettings) -> nn.Module:
-        return TemporalResNetBlock(channels, settings.time_embed_dim, settings.groups, settings.compression_ratio)
+        return TemporalResNetBlock(channels, settings.time_embed_dim, settings.groups, settings.compression_ratio,
+                                   level=settings.level)
 
     def attention_block(self, channels: int, settings: LevelSettings) -> nn.Module:
         return KeyframeTemporalAttentionBlock(channels, settings.time_embed_dim, settings.groups, settings.head_dim,
-                                              settings.expansion_ratio, release=self.release)
+                                              settings.expansion_ratio, release=self.release, level=settings.level)
+
+
+class Conv1dAttn3dBlocks(Conv1dAttn1dBlocks):
+    """The 1D conv blocks with 3D temporal attention blocks: 2x2 spatial windows x all frames attend jointly."""
+
+    name = "Conv1dAttn3dBlocks"
+
+    def attention_block(self, channels: int, settings: LevelSettings) -> nn.Module:
+        return WindowTemporalAttentionBlock(channels, settings.time_embed_dim, settings.groups, settings.head_dim,
+                                            settings.expansion_ratio, release=self.release, level=settings.level)
+
+
+class Conv3dAttn1dBlocks(Conv1dAttn1dBlocks):
+    """3x3x3 temporal conv blocks (on a down-projected width) with the 1D temporal attention blocks."""
+
+    name = "Conv3dAttn1dBlocks"
+
+    def resnet_block(self, channels: int, settings: LevelSettings) -> nn.Module:
+        return TemporalConv3dResNetBlock(channels, settings.time_embed_dim, settings.groups,
+                                         settings.compression_ratio, level=settings.level)
+
+
+class Conv1dAttn1dLayers(TemporalDesign):
+    """Temporal layers mixed into the spatial blocks: a 3x1x1 conv layer after every 3x3 conv of the ResNet blocks and
+    a temporal attention layer inside every attention block (self- and cross-attention) of the levels that have
+    self-attention.
+
+    Only the 3x3 convs get a temporal layer: the 1x1 convs of the bottleneck mix channels, not neighbours, and two
+    layers per ResNet keep the parameter count near the block variants'.
+    """
+
+    name = "Conv1dAttn1dLayers"
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    def block_layer(self, channels: int, kernel_size: int, settings: LevelSettings) -> nn.Module | None:
+        if kernel_size != 3:
+            return None
+        return TemporalConvLayer(channels, settings.time_embed_dim, settings.groups, level=settings.level)
+
+    def attention_layer(self, channels: int, settings: LevelSettings) -> nn.Module | None:
+        if not settings.self_attention:
+            return None
+        return TemporalAttentionLayer(channels, settings.time_embed_dim, settings.groups, settings.head_dim,
+                                      release=self.release, level=settings.level)
 
 
 class InterpolationDesign(TemporalDesign):

@@ -6,6 +6,8 @@ skeleton builds the four released video U-Nets and the paper's other variants wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -16,11 +18,12 @@ from .temporal_designs import TemporalDesign
 
 
 class Block(nn.Module):
-    """Conditional norm -> SiLU -> [2x up] -> conv -> [temporal conv] -> [2x down].
+    """Conditional norm -> SiLU -> [2x up] -> conv -> [temporal conv | temporal layer] -> [2x down].
 
     ``up_resolution``: True = upsample before the conv, False = downsample after it, None = neither.
     ``temporal_conv``: "inline" (1.0 interpolation: ``temporal_merge``/``temporal_projection`` on the block),
     "nested" (1.1 interpolation: inside ``temporal_projection_new``) or "none".
+    ``temporal_layer``: a design's temporal layer ``forward(x, state)`` run after the conv (key ``temporal_layer``).
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class Block(nn.Module):
         groups: int = 32,
         up_resolution: bool | None = None,
         temporal_conv: str = "none",
+        temporal_layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if temporal_conv == "inline":
@@ -50,6 +54,7 @@ class Block(nn.Module):
             self.temporal_projection_new = MergedTemporalConv(out_channels)
         elif temporal_conv != "none":
             raise ValueError(f"unknown temporal_conv layout {temporal_conv!r}")
+        self.temporal_layer = temporal_layer  # None is a plain attribute: no state-dict key
 
     def forward(self, x: torch.Tensor, time_embed: torch.Tensor, state: TemporalState | None) -> torch.Tensor:
         x = self.projection(self.up_sample(self.activation(self.group_norm(x, time_embed))))
@@ -58,7 +63,13 @@ class Block(nn.Module):
                 x = merge_temporal_conv(x, self.temporal_projection, self.temporal_merge, state)
             elif self.temporal_conv == "nested":
                 x = self.temporal_projection_new(x, state)
+            if self.temporal_layer is not None:
+                x = self.temporal_layer(x, state)
         return self.down_sample(x)
+
+
+#: makes the temporal layer of one conv Block from (output channels, kernel size), or None
+BlockLayerFactory = Callable[[int, int], "nn.Module | None"]
 
 
 class ResNetBlock(nn.Module):
@@ -73,12 +84,14 @@ class ResNetBlock(nn.Module):
         compression_ratio: int = 2,
         up_resolutions: tuple[bool | None, ...] = (None, None, None, None),
         temporal_conv: str = "none",
+        temporal_layers: BlockLayerFactory | None = None,
     ) -> None:
         super().__init__()
         hidden = max(in_channels, out_channels) // compression_ratio
         shapes = [(in_channels, hidden, 1), (hidden, hidden, 3), (hidden, hidden, 3), (hidden, out_channels, 1)]
         self.resnet_blocks = nn.ModuleList(
-            Block(c_in, c_out, time_embed_dim, k, groups, up, temporal_conv)
+            Block(c_in, c_out, time_embed_dim, k, groups, up, temporal_conv,
+                  temporal_layers(c_out, k) if temporal_layers else None)
             for (c_in, c_out, k), up in zip(shapes, up_resolutions)
         )
         upsamples, downsamples = True in up_resolutions, False in up_resolutions
@@ -107,7 +120,8 @@ class AttentionPooling(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention (no context) or cross-attention to the text, then a pointwise MLP; both residual."""
+    """Self-attention (no context) or cross-attention to the text, [a temporal layer,] then a pointwise MLP; each
+    residual. ``temporal_layer`` (key ``temporal_layer``) is a design's ``forward(x, state)`` layer."""
 
     def __init__(
         self,
@@ -117,12 +131,14 @@ class AttentionBlock(nn.Module):
         groups: int = 32,
         head_dim: int = 64,
         expansion_ratio: int = 4,
+        temporal_layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.in_norm = ConditionalGroupNorm(groups, channels, time_embed_dim)
         self.attention = Attention(channels, channels, context_dim or channels, head_dim)
         self.out_norm = ConditionalGroupNorm(groups, channels, time_embed_dim)
         self.feed_forward = feed_forward(channels, expansion_ratio)
+        self.temporal_layer = temporal_layer  # None is a plain attribute: no state-dict key
 
     def forward(
         self,
@@ -130,11 +146,14 @@ class AttentionBlock(nn.Module):
         time_embed: torch.Tensor,
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        state: TemporalState | None = None,
     ) -> torch.Tensor:
         height, width = x.shape[-2:]
         out = rearrange(self.in_norm(x, time_embed), "b c h w -> b (h w) c")
         out = self.attention(out, out, None) if context is None else self.attention(out, context, mask)
         x = x + rearrange(out, "b (h w) c -> b c h w", h=height, w=width)
+        if state is not None and self.temporal_layer is not None:
+            x = self.temporal_layer(x, state)
         return x + self.feed_forward(self.out_norm(x, time_embed))
 
 
@@ -167,11 +186,14 @@ class LevelSettings:
 
     def resnet(self, c_in: int, c_out: int, up: tuple[bool | None, ...] = (None,) * 4) -> ResNetBlock:
         return ResNetBlock(c_in, c_out, self.time_embed_dim, self.groups, self.compression_ratio, up,
-                           self.design.block_conv)
+                           self.design.block_conv, self.block_layer)
+
+    def block_layer(self, channels: int, kernel_size: int) -> nn.Module | None:
+        return self.design.block_layer(channels, kernel_size, self)
 
     def attention(self, channels: int, context_dim: int | None) -> AttentionBlock:
         return AttentionBlock(channels, self.time_embed_dim, context_dim, self.groups, self.head_dim,
-                              self.expansion_ratio)
+                              self.expansion_ratio, self.design.attention_layer(channels, self))
 
     def unit(
         self, c_res_in: int, c_attn: int, c_out: int, c_temporal: int, up: tuple, up_in_first: bool
@@ -216,7 +238,7 @@ class DownSampleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time_embed: torch.Tensor, context: torch.Tensor | None,
                 mask: torch.Tensor | None, state: TemporalState | None) -> torch.Tensor:
-        x = self.self_attention_block(x, time_embed)
+        x = self.self_attention_block(x, time_embed, None, None, state)
         if state is not None:
             x = self.temporal_attention_block(x, state)
         for unit in self.resnet_attn_blocks:
@@ -225,7 +247,7 @@ class DownSampleBlock(nn.Module):
             x = in_resnet(x, time_embed, state)
             if temporal:
                 x = unit[3](x, state)
-            x = attention(x, time_embed, context, mask)
+            x = attention(x, time_embed, context, mask, state)
             x = out_resnet(x, time_embed, state)
             if temporal:
                 x = unit[4](x, state)
@@ -263,13 +285,13 @@ class UpSampleBlock(nn.Module):
             if temporal:
                 x = unit[3](x, state)
             x = in_resnet(x, time_embed, state)
-            x = attention(x, time_embed, context, mask)
+            x = attention(x, time_embed, context, mask, state)
             if temporal:
                 x = unit[4](x, state)
             x = out_resnet(x, time_embed, state)
         for name in self.attention_order:
             if name == "self":
-                x = self.self_attention_block(x, time_embed)
+                x = self.self_attention_block(x, time_embed, None, None, state)
             elif state is not None:
                 x = self.temporal_attention_block(x, state)
         return x

@@ -138,11 +138,13 @@ class KeyframeSampler(io.ComfyNode):
 
 @contextmanager
 def strengths(unet, options: dict) -> Iterator[None]:
-    """Applies the Temporal Block Selector's settings to the shared model for one run, then restores them."""
-    saved = (unet.strength.conv, unet.strength.attention)
+    """Applies the Temporal Block Selector's settings (strengths, levels) to the shared model for one run, then
+    restores them."""
+    saved = (unet.strength.conv, unet.strength.attention, unet.strength.levels)
     unet.strength.conv = options.get("conv_strength", 1.0)
     unet.strength.attention = options.get("attention_strength", 1.0)
+    unet.strength.levels = options.get("levels")
     try:
         yield
     finally:
-        unet.strength.conv, unet.strength.attention = saved
+        unet.strength.conv, unet.strength.attention, unet.strength.levels = saved

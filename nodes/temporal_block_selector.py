@@ -1,12 +1,16 @@
-"""Temporal Block Selector: which temporal-conditioning variant the keyframe model uses, and how strongly."""
+"""Temporal Block Selector: which temporal-conditioning variant the keyframe model uses, how strongly, and where."""
 
 from __future__ import annotations
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
+from ..fusionframes.errors import FusionFramesError
+from ..fusionframes.temporal_variants import CHOICES, resolve_variant, temporal_strength
+from . import comfy_models as cm
 from .types import CATEGORY, KeyframeModel
 
-VARIANTS = ["auto", "Conv1dAttn1dBlocks"]
+VARIANTS = list(CHOICES)
 
 
 class TemporalBlockSelector(io.ComfyNode):
@@ -16,24 +20,43 @@ class TemporalBlockSelector(io.ComfyNode):
             node_id="FusionFramesTemporalBlockSelector",
             display_name="Temporal Block Selector",
             category=CATEGORY,
-            description="Chooses the keyframe model's temporal-conditioning variant and how strongly each kind of "
-                        "temporal block acts: 1 = as trained, 0 = off (plain per-frame image generation).",
+            description="Chooses the keyframe model's temporal-conditioning variant (the four of the FusionFrames "
+                        "paper), how strongly each kind of temporal block acts (1 = as trained, 0 = off: plain "
+                        "per-frame image generation) and on which U-Net levels.",
             inputs=[
                 KeyframeModel.Input("keyframe_model"),
                 io.Combo.Input("variant", options=VARIANTS, default="auto",
-                               tooltip="auto = what the checkpoint holds. The released models use "
-                                       "Conv1dAttn1dBlocks."),
+                               tooltip="auto = what the checkpoint holds (the released models: Conv1dAttn1dBlocks). "
+                                       "Another variant needs a checkpoint trained with it, or fresh_blocks."),
                 io.Float.Input("conv_strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="Temporal convolution blocks: 0 off, 1 trained, >1 exaggerated."),
                 io.Float.Input("attention_strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="Temporal attention blocks: 0 off, 1 trained, >1 exaggerated."),
+                io.String.Input("levels", default="all", optional=True,
+                                tooltip="U-Net levels whose temporal blocks act: 'all', 'none' or numbers like "
+                                        "'1,2,3' (0 = full resolution, 3 = deepest in the official models)."),
+                io.Boolean.Input("fresh_blocks", default=False, optional=True,
+                                 tooltip="Replace the temporal blocks by fresh, untrained ones of the chosen variant "
+                                         "(they start switched off: the output is the image model's). For "
+                                         "training; it builds a second model in memory."),
             ],
             outputs=[KeyframeModel.Output(display_name="keyframe_model")],
         )
 
     @classmethod
-    def execute(cls, keyframe_model, variant: str, conv_strength: float, attention_strength: float) -> io.NodeOutput:
-        held = keyframe_model.module.design.name
-        if variant != "auto" and variant != held:
-            raise ValueError(f"Temporal Block Selector: the checkpoint holds {held} blocks, not {variant}.")
-        return io.NodeOutput(keyframe_model.clone(conv_strength=conv_strength, attention_strength=attention_strength))
+    def execute(cls, keyframe_model, variant: str, conv_strength: float, attention_strength: float,
+                levels: str = "all", fresh_blocks: bool = False) -> io.NodeOutput:
+        if keyframe_model.kind != "keyframe":
+            raise ValueError("Temporal Block Selector: connect a model from 'Load FusionFrames Keyframe Model'.")
+        try:
+            strength = temporal_strength(keyframe_model.module, conv_strength, attention_strength, levels)
+            model = resolve_variant(keyframe_model.module, variant, fresh=fresh_blocks,
+                                    device=mm.unet_offload_device())
+        except FusionFramesError as error:
+            raise ValueError(f"Temporal Block Selector: {error}") from None
+        options = {"conv_strength": strength.conv, "attention_strength": strength.attention, "levels": strength.levels}
+        if model is keyframe_model.module:
+            return io.NodeOutput(keyframe_model.clone(**options))
+        managed = cm.manage(model, keyframe_model.release, "keyframe", f"{keyframe_model.name} ({variant}, fresh)")
+        managed.options.update(options)
+        return io.NodeOutput(managed)
