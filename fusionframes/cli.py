@@ -41,7 +41,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
-        seed=args.seed, steps=args.steps, guidance_scale=args.guidance, motion=args.motion,
+        seed=args.seed, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance, motion=args.motion,
         num_keyframes=args.keyframes,
     )
     started = time.perf_counter()
@@ -141,7 +141,11 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", choices=["low", "medium", "high"], default="low",
                         help="interpolation passes: low 0, medium 1, high 2")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=50, help="1.0 sampling steps (1.1 uses the official 50/10)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per sampling stage (default: the official 50, and 10 for 1.1 interpolation); "
+                             "1.1's official sampler takes only its own counts")
+    parser.add_argument("--sampler", choices=["official", "ddim", "dpmpp_2m"], default="official",
+                        help="official (default, exactly the official DDPM) or a faster, non-official option")
     parser.add_argument("--guidance", type=float, default=5.0, help="keyframe (1.0) / first-frame (1.1) guidance")
     parser.add_argument("--motion", choices=["low", "medium", "high", "extreme"], default="medium", help="1.1")
     parser.add_argument("--keyframes", type=int, default=None, help="number of keyframes (default: 15 / 12)")

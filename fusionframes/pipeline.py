@@ -46,7 +46,8 @@ class VideoRequest:
     height: int = 512
     fps: str = "low"
     seed: int = 0
-    steps: int = 50
+    steps: int | None = None  # None: the official count of each stage (1.0: 50; 1.1: 50 / 50 / 10)
+    sampler: str = "official"  # or a faster option: "ddim", "dpmpp_2m" (never the default)
     guidance_scale: float = 5.0
     guidance_prompt: float = 5.0
     guidance_image: float = 2.0
@@ -170,23 +171,24 @@ class VideoPipeline:
         try:
             if self.release == "1.0":
                 return stages.sample_keyframes_10(
-                    unet, text, request.height, request.width, noise, steps=request.steps,
+                    unet, text, request.height, request.width, noise, steps=request.steps or 50,
                     guidance_scale=request.guidance_scale, num_frames=request.num_keyframes, negative=negative,
-                    on_step=reporter("keyframes"))
+                    on_step=reporter("keyframes"), sampler=request.sampler)
             movq = self._use("movq")
             if request.image is not None:
                 key_frame = stages.encode_image(movq, request.image, request.width, request.height)
             else:
                 first = stages.sample_first_frame_11(unet, text, request.height, request.width, noise,
                                                      guidance_scale=request.guidance_scale,
-                                                     on_step=reporter("first frame"))
+                                                     on_step=reporter("first frame"), sampler=request.sampler,
+                                                     steps=request.steps)
                 key_frame = stages.first_frame_to_key_frame(movq, first, request.width, request.height)
             self._done("movq")
             return stages.sample_keyframes_11(
                 unet, text, key_frame, noise, num_frames=request.num_keyframes or 12,
                 guidance_text=request.guidance_prompt, guidance_image=request.guidance_image,
                 noise_augmentation=request.noise_augmentation, motion_score=stages.MOTION_SCORES[request.motion],
-                on_step=reporter("keyframes"))
+                on_step=reporter("keyframes"), sampler=request.sampler, steps=request.steps)
         finally:
             self._done("keyframe")
 
@@ -198,9 +200,11 @@ class VideoPipeline:
         phase, skip = f"interpolation{number}", stages.SKIP_FRAMES[number]
         try:
             if self.release == "1.0":
-                return stages.interpolate_10(unet, video, noise, steps=request.steps, guidance_scale=guidance,
-                                             skip_frames=skip, phase=phase, on_step=reporter(phase))
+                return stages.interpolate_10(unet, video, noise, steps=request.steps or 50, guidance_scale=guidance,
+                                             skip_frames=skip, phase=phase, on_step=reporter(phase),
+                                             sampler=request.sampler)
             return stages.interpolate_11(unet, text, video, noise, guidance_scale=guidance, skip_frames=skip,
-                                         phase=phase, on_step=reporter(phase))
+                                         phase=phase, on_step=reporter(phase), sampler=request.sampler,
+                                         steps=request.steps)
         finally:
             self._done("interpolation")

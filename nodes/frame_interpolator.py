@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..fusionframes import stages
+from ..fusionframes.fast_samplers import SAMPLERS
 from ..fusionframes.noise import SeededNoise
 from ..fusionframes.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
 from . import comfy_models as cm
-from .keyframe_sampler import text_condition
+from .keyframe_sampler import stage_steps, text_condition
 from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent
 
 
@@ -28,8 +29,12 @@ class FrameInterpolator(io.ComfyNode):
                              tooltip="1 = medium fps (official skip 3), 2 = high fps (a second pass with skip 1)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the interpolation noise (a seeded CPU generator)."),
-                io.Int.Input("steps", default=50, min=2, max=1000,
-                             tooltip="1.0 only (1.1 uses the official 10 steps)."),
+                io.Int.Input("steps", default=0, min=0, max=1000,
+                             tooltip="0 = the official count (1.0: 50, 1.1: 10). Other counts on 1.1 need a "
+                                     "non-official sampler."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="official",
+                               tooltip="official = exactly the official DDPM (default). ddim / dpmpp_2m are faster "
+                                       "options; they are NOT the official sampler."),
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.05,
                                tooltip="-1 = the official value (0.25 for 1.0, 0.5 for 1.1)."),
                 Conditioning.Input("conditioning", optional=True,
@@ -39,8 +44,8 @@ class FrameInterpolator(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, interpolation_model, latent: dict, passes: int, seed: int, steps: int, guidance: float,
-                conditioning=None) -> io.NodeOutput:
+    def execute(cls, interpolation_model, latent: dict, passes: int, seed: int, steps: int, sampler: str,
+                guidance: float, conditioning=None) -> io.NodeOutput:
         video = latent_frames(latent, "Latent Frame Interpolator")
         if video.shape[0] < 2:
             raise ValueError(f"Latent Frame Interpolator: needs at least 2 frames to interpolate between, got "
@@ -54,7 +59,9 @@ class FrameInterpolator(io.ComfyNode):
             text = text_condition(conditioning, interpolation_model, "Latent Frame Interpolator")
         weight = DEFAULT_INTERPOLATION_GUIDANCE[release] if guidance < 0 else guidance
         noise = SeededNoise(seed)
-        per_pass = steps if release == "1.0" else stages.INTERPOLATION_STEPS_11
+        if release == "1.0":
+            steps = steps or 50
+        per_pass = stage_steps(release, "interpolation", sampler, steps or None)
         progress = cm.StepProgress(per_pass * passes)
         info = latent_info(latent)
         done = info.get("interpolation_passes", 0)
@@ -64,10 +71,12 @@ class FrameInterpolator(io.ComfyNode):
             phase = f"interpolation{number}"
             if release == "1.0":
                 groups = stages.interpolate_10(unet, video, noise, steps=steps, guidance_scale=weight,
-                                               skip_frames=skip, phase=phase, on_step=progress.stage(per_pass))
+                                               skip_frames=skip, phase=phase, on_step=progress.stage(per_pass),
+                                               sampler=sampler)
             else:
                 groups = stages.interpolate_11(unet, text, video, noise, guidance_scale=weight, skip_frames=skip,
-                                               phase=phase, on_step=progress.stage(per_pass))
+                                               phase=phase, on_step=progress.stage(per_pass), sampler=sampler,
+                                               steps=steps or None)
             video = stages.interleave(video.to(groups.device), groups).cpu()
         fps = stages.fps_for(passes, info.get("fps", stages.KEYFRAME_FPS))
         return io.NodeOutput(make_latent(video, release, fps, done + passes))

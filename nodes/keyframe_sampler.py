@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from PIL import Image
 
 from ..fusionframes import stages
+from ..fusionframes.fast_samplers import SAMPLERS, make_schedule
 from ..fusionframes.guidance import TextCondition
 from ..fusionframes.noise import SeededNoise
 from . import comfy_models as cm
@@ -31,6 +32,11 @@ def text_condition(conditioning: TextConditioning, model: cm.ManagedModel, what:
         raise ValueError(f"{what}: conditioning was encoded for release {conditioning.release} but the model is "
                          f"{model.release}; use the projections file of release {model.release}.")
     return TextCondition(conditioning.context, conditioning.mask)
+
+
+def stage_steps(release: str, stage: str, sampler: str, steps: int | None) -> int:
+    """How many model calls a stage makes (for the progress bar); also checks the sampler settings early."""
+    return len(make_schedule(release, stage, sampler, steps).timesteps)
 
 
 def image_to_pil(image: torch.Tensor) -> Image.Image:
@@ -59,9 +65,12 @@ class KeyframeSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise comes from a seeded CPU generator: the same seed gives the same video "
                                      "on every device."),
-                io.Int.Input("steps", default=50, min=2, max=1000,
-                             tooltip="1.0 only: the cosine schedule has this many bins. 1.1 always uses the "
-                                     "official 50 steps."),
+                io.Int.Input("steps", default=0, min=0, max=1000,
+                             tooltip="0 = the official count (50). Other counts: 1.0's official sampler discretises "
+                                     "its schedule into that many bins; 1.1 needs a non-official sampler."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="official",
+                               tooltip="official = exactly the official DDPM (default). ddim / dpmpp_2m are faster "
+                                       "options with fewer steps; they are NOT the official sampler."),
                 io.Float.Input("guidance", default=5.0, min=0.0, max=30.0, step=0.1,
                                tooltip="1.0: classifier-free guidance. 1.1: weight of the prompt."),
                 MoVQModel.Input("movq", optional=True,
@@ -82,7 +91,7 @@ class KeyframeSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, keyframe_model, conditioning, width: int, height: int, keyframes: int, seed: int, steps: int,
-                guidance: float, movq=None, image=None, image_guidance: float = 2.0,
+                sampler: str, guidance: float, movq=None, image=None, image_guidance: float = 2.0,
                 first_frame_guidance: float = 5.0, motion: str = "medium",
                 noise_augmentation: int = 20) -> io.NodeOutput:
         if width % 64 or height % 64:
@@ -92,38 +101,42 @@ class KeyframeSampler(io.ComfyNode):
         text = text_condition(conditioning, keyframe_model, "T2V Keyframe Sampler")
         noise = SeededNoise(seed)
         if keyframe_model.release == "1.0":
-            latents = cls._sample_10(keyframe_model, conditioning, text, width, height, keyframes, noise, steps,
-                                     guidance)
+            latents = cls._sample_10(keyframe_model, conditioning, text, width, height, keyframes, noise,
+                                     steps or 50, sampler, guidance)
         else:
             latents = cls._sample_11(keyframe_model, text, width, height, keyframes, noise, guidance, movq, image,
-                                     image_guidance, first_frame_guidance, motion, noise_augmentation)
+                                     image_guidance, first_frame_guidance, motion, noise_augmentation,
+                                     sampler, steps or None)
         return io.NodeOutput(make_latent(latents, keyframe_model.release, stages.KEYFRAME_FPS))
 
     @staticmethod
-    def _sample_10(model, conditioning, text, width, height, keyframes, noise, steps, guidance) -> torch.Tensor:
+    def _sample_10(model, conditioning, text, width, height, keyframes, noise, steps, sampler,
+                   guidance) -> torch.Tensor:
         negative = None
         if conditioning.negative_context is not None:
             negative = TextCondition(conditioning.negative_context, conditioning.negative_mask)
-        progress = cm.StepProgress(steps)
+        count = stage_steps("1.0", "keyframes", sampler, steps)
+        progress = cm.StepProgress(count)
         unet = model.load()
         with strengths(unet, model.options):
             return stages.sample_keyframes_10(unet, text, height, width, noise, steps=steps, guidance_scale=guidance,
                                               num_frames=keyframes or None, negative=negative,
-                                              on_step=progress.stage(steps))
+                                              on_step=progress.stage(count), sampler=sampler)
 
     @staticmethod
     def _sample_11(model, text, width, height, keyframes, noise, guidance, movq, image, image_guidance,
-                   first_frame_guidance, motion, noise_augmentation) -> torch.Tensor:
+                   first_frame_guidance, motion, noise_augmentation, sampler, steps) -> torch.Tensor:
         if movq is None or movq.kind != "movq":
             raise ValueError("T2V Keyframe Sampler: release 1.1 needs the image MoVQ (movq.pt) on the 'movq' input, "
                              "to encode the first frame.")
-        first_steps = 0 if image is not None else stages.FIRST_FRAME_STEPS
-        progress = cm.StepProgress(first_steps + stages.KEYFRAME_STEPS_11)
+        first_steps = 0 if image is not None else stage_steps("1.1", "first_frame", sampler, steps)
+        keyframe_steps = stage_steps("1.1", "keyframes", sampler, steps)
+        progress = cm.StepProgress(first_steps + keyframe_steps)
         unet = model.load()
         if image is None:
             first = stages.sample_first_frame_11(unet, text, height, width, noise,
                                                  guidance_scale=first_frame_guidance,
-                                                 on_step=progress.stage(first_steps))
+                                                 on_step=progress.stage(first_steps), sampler=sampler, steps=steps)
             key_frame = stages.first_frame_to_key_frame(movq.load(), first, width, height)
         else:
             key_frame = stages.encode_image(movq.load(), image_to_pil(image), width, height)
@@ -133,7 +146,7 @@ class KeyframeSampler(io.ComfyNode):
                                               guidance_text=guidance, guidance_image=image_guidance,
                                               noise_augmentation=noise_augmentation,
                                               motion_score=stages.MOTION_SCORES[motion],
-                                              on_step=progress.stage(stages.KEYFRAME_STEPS_11))
+                                              on_step=progress.stage(keyframe_steps), sampler=sampler, steps=steps)
 
 
 @contextmanager

@@ -47,8 +47,8 @@ def _save(images: list, fps: list | float, prefix: str) -> dict:
 
 def _sampler(release: str, **extra) -> dict:
     inputs = {"keyframe_model": link("keyframe_model"), "conditioning": link("encode"), "width": 512,
-              "height": 512, "keyframes": 0, "seed": 42, "steps": 50, "guidance": 5.0, "image_guidance": 2.0,
-              "first_frame_guidance": 5.0, "motion": "medium", "noise_augmentation": 20}
+              "height": 512, "keyframes": 0, "seed": 42, "steps": 0, "sampler": "official", "guidance": 5.0,
+              "image_guidance": 2.0, "first_frame_guidance": 5.0, "motion": "medium", "noise_augmentation": 20}
     if release == "1.1":
         inputs["movq"] = link("movq")
     inputs.update(extra)
@@ -57,7 +57,7 @@ def _sampler(release: str, **extra) -> dict:
 
 def _interpolator(latent: list, passes: int, conditioning: bool) -> dict:
     inputs = {"interpolation_model": link("interpolation_model"), "latent": latent, "passes": passes, "seed": 42,
-              "steps": 50, "guidance": -1.0}
+              "steps": 0, "sampler": "official", "guidance": -1.0}
     if conditioning:
         inputs["conditioning"] = link("encode")
     return {"class_type": "FusionFramesFrameInterpolator", "inputs": inputs}
@@ -135,10 +135,10 @@ def temporal_blocks_side_by_side() -> dict:
         **_k11_models(),
         "trained": {"class_type": "FusionFramesTemporalBlockSelector",
                     "inputs": {"keyframe_model": link("keyframe_model"), "variant": "auto", "conv_strength": 1.0,
-                               "attention_strength": 1.0}},
+                               "attention_strength": 1.0, "levels": "all", "fresh_blocks": False}},
         "off": {"class_type": "FusionFramesTemporalBlockSelector",
                 "inputs": {"keyframe_model": link("keyframe_model"), "variant": "auto", "conv_strength": 0.0,
-                           "attention_strength": 0.0}},
+                           "attention_strength": 0.0, "levels": "all", "fresh_blocks": False}},
         "sampler_trained": _sampler("1.1", keyframe_model=link("trained")),
         "sampler_off": _sampler("1.1", keyframe_model=link("off")),
         "decode_trained": _decode("video_movq", link("sampler_trained")),

@@ -39,12 +39,15 @@ def api_workflow(name: str) -> dict:
 def shrink(graph: dict) -> dict:
     """Tiny sizes and few steps so a CPU runs the workflow in seconds; the graph itself is unchanged."""
     graph = copy.deepcopy(graph)
+    release_10 = any(str(node["inputs"].get("ckpt_name", "")).startswith("kandinsky_video_1_0/")
+                     for node in graph.values())
+    steps = {"steps": 3} if release_10 else {}  # 1.1's official sampler has fixed step counts
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "FusionFramesKeyframeSampler":
-            inputs.update(width=SIZE, height=SIZE, keyframes=KEYFRAMES, steps=3)
+            inputs.update(width=SIZE, height=SIZE, keyframes=KEYFRAMES, **steps)
         elif node["class_type"] == "FusionFramesFrameInterpolator":
-            inputs.update(steps=3)
+            inputs.update(**steps)
         elif node["class_type"] == "ImageScale":
             inputs.update(width=SIZE, height=SIZE)
     return graph
@@ -150,6 +153,21 @@ def test_latent_of_a_single_frame_cannot_be_interpolated(demo_server):
     error = _failure(demo_server, graph)
     assert error["node_type"] == "FusionFramesFrameInterpolator"
     assert "at least 2 frames" in error["exception_message"]
+
+
+def test_faster_sampler_is_an_option_with_fewer_steps(demo_server):
+    graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(sampler="dpmpp_2m", steps=6)
+    _node(graph, "FusionFramesFrameInterpolator")["inputs"].update(sampler="ddim", steps=4)
+    entry = demo_server.run(graph, timeout=900)
+    assert saved_video(demo_server, entry).shape == (4 * KEYFRAMES - 3, SIZE, SIZE, 3)
+
+
+def test_official_11_sampler_refuses_other_step_counts(demo_server):
+    graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=20)
+    error = _failure(demo_server, graph)
+    assert "always takes 50 steps" in error["exception_message"]
 
 
 def test_interrupt_stops_sampling_within_a_step(demo_server):
