@@ -15,6 +15,15 @@ from .errors import FusionFramesError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def unet_dtype(choice: str, device: str) -> torch.dtype:
+    """auto: bf16 on CUDA (the fast path), fp32 elsewhere (the reference path parity is checked on)."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def _progress_printer():
     from tqdm import tqdm
 
@@ -37,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
-                                         dtype=DTYPES[args.dtype] if args.dtype else None, offload=args.offload)
+                                         dtype=unet_dtype(args.dtype, args.device), offload=args.offload)
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
@@ -150,7 +159,9 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion", choices=["low", "medium", "high", "extreme"], default="medium", help="1.1")
     parser.add_argument("--keyframes", type=int, default=None, help="number of keyframes (default: 15 / 12)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="model weights dtype (default fp32)")
+    parser.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                        help="U-Net weights: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on the CPU; "
+                             "MoVQ stays fp32 as in the official code")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU between their stages")
     parser.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp)")
 

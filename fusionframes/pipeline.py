@@ -104,7 +104,9 @@ class VideoPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         offload: bool = False,
+        movq_dtype: torch.dtype | None = None,
     ) -> VideoPipeline:
+        """``dtype``: the U-Nets' weights (None = float32); ``movq_dtype``: the MoVQs' (None = float32, official)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"models folder not found: {folder}")
@@ -115,7 +117,8 @@ class VideoPipeline:
         models = {}
         for kind in ("keyframe", "interpolation", "movq", "video_movq"):
             if kind in files:
-                models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=dtype, device=home)
+                kind_dtype = dtype if kind in ("keyframe", "interpolation") else movq_dtype
+                models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=kind_dtype, device=home)
         config_file = folder / "configs.json"
         config = load_release_config(config_file, release) if config_file.is_file() else official_config(release)
         text = TextEncoder.load(release, text_encoder, folder / files["projections"],

@@ -114,3 +114,20 @@ def test_unknown_release_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="unknown release '2.0'"):
         official_config("2.0")
+
+
+def test_bf16_unets_run_the_whole_pipeline(demo, tmp_path):
+    pipeline = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder", dtype=torch.bfloat16)
+    assert pipeline.models["keyframe"].model.dtype == torch.bfloat16
+    assert next(pipeline.models["movq"].model.parameters()).dtype == torch.float32
+    result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="medium", steps=2,
+                                            num_keyframes=2, seed=1))
+    assert result.frames.shape == (5, 3, 64, 64) and torch.isfinite(result.frames).all()
+
+
+def test_faster_sampler_is_an_option_never_the_default(demo):
+    assert VideoRequest(prompt="x").sampler == "official"
+    pipeline = VideoPipeline.from_folder(demo / "k11", demo / "text_encoder")
+    result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="low", num_keyframes=2,
+                                            seed=1, sampler="ddim", steps=4))
+    assert result.frames.shape == (2, 3, 64, 64) and torch.isfinite(result.frames).all()
