@@ -19,3 +19,22 @@ def golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def golden() -> Path:
     return golden_dir()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's tiny demo models (random weights, official file layouts), made once per test session."""
+    from fusionframes.demo_models import create_demo_models
+
+    return create_demo_models(tmp_path_factory.mktemp("demo"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: extra OpenMP threads only add overhead (and spin badly on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,19 +31,9 @@ MODELS = [
     ("k11/video_movq.pt", "1.1", "video_movq"),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: extra OpenMP threads only add overhead (and spin badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_demo_models(tmp_path_factory.mktemp("demo"), seed=0)
 
 
 def _tensors(content: object, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -6,15 +6,9 @@ import torch
 from PIL import Image
 
 from fusionframes.cli import main
-from fusionframes.demo_models import create_demo_models
 from fusionframes.errors import InputError
 from fusionframes.pipeline import VideoPipeline, VideoRequest
 from fusionframes.video_io import read_video
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    return create_demo_models(tmp_path_factory.mktemp("demo_models"))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import torch
 
 from fusionframes.checkpoints import load_model
 from fusionframes.configs import official_config
-from fusionframes.demo_models import create_demo_models
 from fusionframes.errors import CheckpointError, InputError
 from fusionframes.interpolation_unet import InterpolationUNet11
 from fusionframes.keyframe_unet import KeyframeUNet10, KeyframeUNet11
@@ -45,18 +44,9 @@ OFFICIAL_COUNTS_11 = {
     "Conv1dAttn1dLayers": (4_009_307_716, 962_748_672),
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_demo_models(tmp_path_factory.mktemp("demo"), seed=0)
 
 
 def _tiny_config(release: str, kind: str = "keyframe"):

@@ -10,7 +10,6 @@ import torch
 
 from fusionframes.checkpoints import load_model, read_checkpoint
 from fusionframes.cli import main
-from fusionframes.demo_models import create_demo_models
 from fusionframes.errors import CheckpointError, InputError
 from fusionframes.temporal_variants import temporal_layers
 from fusionframes.training import TrainingConfig, train_temporal
@@ -19,18 +18,9 @@ from fusionframes.video_io import write_video
 SIZE = 32  # pixels; the demo U-Net's latents are 4x4
 VIDEO_FRAMES = 12
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_demo_models(tmp_path_factory.mktemp("demo"), seed=0)
 
 
 def moving_shape(rng: np.random.Generator) -> np.ndarray:
