@@ -29,45 +29,48 @@ def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
     return cm.manage(loaded.model, loaded.release, kind, ckpt_name)
 
 
-class LoadKeyframeModel(io.ComfyNode):
+class _UNetLoader(io.ComfyNode):
+    """A U-Net loader node; subclasses name the kind, the node and the files it takes."""
+
+    KIND = ""
+    NODE_ID = ""
+    DISPLAY_NAME = ""
+    FILES = ""
+    OUTPUT = KeyframeModel
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="FusionFramesLoadKeyframeModel",
-            display_name="Load FusionFrames Keyframe Model",
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
             category=f"{CATEGORY}/loaders",
-            description="Loads the keyframe U-Net: kandinsky_video.pt (1.0) or t2v.pt (1.1) from models/fusionframes.",
+            description=f"Loads the {cls.KIND} U-Net: {cls.FILES} from models/fusionframes.",
             inputs=[
-                _checkpoint_input("kandinsky_video.pt (1.0) or t2v.pt (1.1); the release is detected from the file."),
+                _checkpoint_input(f"{cls.FILES}; the release is detected from the file."),
                 io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP),
             ],
-            outputs=[KeyframeModel.Output(display_name="keyframe_model")],
+            outputs=[cls.OUTPUT.Output(display_name=f"{cls.KIND}_model")],
         )
 
     @classmethod
     def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(_load(ckpt_name, "keyframe", weight_dtype))
+        return io.NodeOutput(_load(ckpt_name, cls.KIND, weight_dtype))
 
 
-class LoadInterpolationModel(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="FusionFramesLoadInterpolationModel",
-            display_name="Load FusionFrames Interpolation Model",
-            category=f"{CATEGORY}/loaders",
-            description="Loads the frame interpolation U-Net: kandinsky_video_interpolation.pt (1.0) or "
-                        "interpolation.pt (1.1).",
-            inputs=[
-                _checkpoint_input("kandinsky_video_interpolation.pt (1.0) or interpolation.pt (1.1)."),
-                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP),
-            ],
-            outputs=[InterpolationModel.Output(display_name="interpolation_model")],
-        )
+class LoadKeyframeModel(_UNetLoader):
+    KIND = "keyframe"
+    NODE_ID = "FusionFramesLoadKeyframeModel"
+    DISPLAY_NAME = "Load FusionFrames Keyframe Model"
+    FILES = "kandinsky_video.pt (1.0) or t2v.pt (1.1)"
+    OUTPUT = KeyframeModel
 
-    @classmethod
-    def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(_load(ckpt_name, "interpolation", weight_dtype))
+
+class LoadInterpolationModel(_UNetLoader):
+    KIND = "interpolation"
+    NODE_ID = "FusionFramesLoadInterpolationModel"
+    DISPLAY_NAME = "Load FusionFrames Interpolation Model"
+    FILES = "kandinsky_video_interpolation.pt (1.0) or interpolation.pt (1.1)"
+    OUTPUT = InterpolationModel
 
 
 class LoadMoVQ(io.ComfyNode):
