@@ -32,22 +32,31 @@ class TemporalStrength:
         self.levels = levels
 
 
-class KeyframeUNet10(KandinskyUNet):
-    """Kandinsky Video 1.0 keyframe model (4 input channels, eps prediction)."""
+class _KeyframeUNet(KandinskyUNet):
+    """What both releases' keyframe models register first, in the official order."""
 
-    release = "1.0"
+    release = ""
 
-    def __init__(self, config: UNetConfig, design: TemporalDesign | None = None) -> None:
-        super().__init__()
+    def _build_keyframe_stem(self, config: UNetConfig, design: TemporalDesign | None) -> None:
         config.validate()
         self.config = config
-        self.design = design or Conv1dAttn1dBlocks("1.0")
+        self.design = design or Conv1dAttn1dBlocks(self.release)
         self.strength = TemporalStrength()
         e, c = config.time_embed_dim, config.stem_channels
         self.to_time_embed = EmbeddingMLP(c, e)
         self.feature_pooling = AttentionPooling(e, config.context_dim, config.head_dim)
         self.to_temporal_embed = EmbeddingMLP(c, e)
         self.in_layer = torch.nn.Conv2d(config.num_channels, c, kernel_size=3, padding=1)
+
+
+class KeyframeUNet10(_KeyframeUNet):
+    """Kandinsky Video 1.0 keyframe model (4 input channels, eps prediction)."""
+
+    release = "1.0"
+
+    def __init__(self, config: UNetConfig, design: TemporalDesign | None = None) -> None:
+        super().__init__()
+        self._build_keyframe_stem(config, design)
         self._build_levels(config, self.design)
         self._build_out_layer(config)
 
@@ -75,7 +84,7 @@ class KeyframeUNet10(KandinskyUNet):
         return self._run_levels(x, time_embed, context, context_mask, state)
 
 
-class KeyframeUNet11(KandinskyUNet):
+class KeyframeUNet11(_KeyframeUNet):
     """Kandinsky Video 1.1 keyframe model: video mode (``in_layer``, temporal blocks) and image mode
     (``image_in_layer``, no temporal layers), chosen by the caller rather than by batch size."""
 
@@ -83,15 +92,8 @@ class KeyframeUNet11(KandinskyUNet):
 
     def __init__(self, config: UNetConfig, design: TemporalDesign | None = None) -> None:
         super().__init__()
-        config.validate()
-        self.config = config
-        self.design = design or Conv1dAttn1dBlocks("1.1")
-        self.strength = TemporalStrength()
+        self._build_keyframe_stem(config, design)
         e, c = config.time_embed_dim, config.stem_channels
-        self.to_time_embed = EmbeddingMLP(c, e)
-        self.feature_pooling = AttentionPooling(e, config.context_dim, config.head_dim)
-        self.to_temporal_embed = EmbeddingMLP(c, e)
-        self.in_layer = torch.nn.Conv2d(config.num_channels, c, kernel_size=3, padding=1)
         self.image_in_layer = torch.nn.Conv2d(config.num_channels, c, kernel_size=3, padding=1)
         self._build_levels(config, self.design)
         self._build_out_layer(config)
