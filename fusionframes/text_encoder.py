@@ -32,6 +32,7 @@ from torch import nn
 
 from .configs import RELEASES
 from .errors import CheckpointError, InputError
+from .fp8_weights import store_linear_weights_in_fp8
 
 PROJECTION_BASE = "base"
 PROJECTION_INTERPOLATION = "interpolation"
@@ -430,6 +431,7 @@ def load_t5_encoder(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     fp16_weights: bool = False,
+    fp8_weights: bool = False,
 ) -> nn.Module:
     """Build a transformers ``T5EncoderModel`` from a checkpoint, in ``dtype`` on ``device``, frozen, in eval mode.
 
@@ -441,8 +443,9 @@ def load_t5_encoder(
     else the built-in FLAN-UL2 config when the tensor shapes are FLAN-UL2's.
 
     ``fp16_weights`` rounds every weight through float16 before casting it to ``dtype``: 1.0's ``.half()`` (B-5),
-    which fixes the weights even when the computation runs in fp32. Attention is the eager implementation, as in the
-    transformers release the official code ran on.
+    which fixes the weights even when the computation runs in fp32. ``fp8_weights`` then stores every linear weight in
+    float8 (``fp8_weights.Float8Linear``; ``dtype`` stays the compute dtype), halving bf16's memory. Attention is the
+    eager implementation, as in the transformers release the official code ran on.
     """
     from transformers import T5EncoderModel
 
@@ -509,7 +512,10 @@ def load_t5_encoder(
         state[name] = tensor.to(device=device, dtype=dtype)
     state["encoder.embed_tokens.weight"] = state["shared.weight"]
     model.load_state_dict(state, strict=True, assign=True)
+    del state
     model.set_input_embeddings(model.shared)
+    if fp8_weights:
+        store_linear_weights_in_fp8(model)
     return model.eval().requires_grad_(False)
 
 
@@ -715,6 +721,7 @@ class TextEncoder:
         context_dim: int | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
+        fp8_weights: bool = False,
     ) -> TextEncoder:
         """Load everything for ``release`` ("1.0" or "1.1").
 
@@ -724,6 +731,7 @@ class TextEncoder:
         ``context_dim`` come from the release config (``load_release_config(...).text``: ``tokens_length``,
         ``context_dim``); ``context_dim`` is checked against the projections when given. ``dtype``: the T5's compute
         dtype, default ``official_t5_dtype(release, device)``; 1.0's weights always pass through fp16 as officially.
+        ``fp8_weights``: keep the T5's linear weights in float8 (half of bf16's memory; not the official numerics).
         """
         _check_release(release)
         dtype = official_t5_dtype(release, device) if dtype is None else dtype
@@ -744,7 +752,8 @@ class TextEncoder:
                     raise CheckpointError(f"the {name} projection in {projections_path} gives {projection.context_dim}"
                                           f"-wide contexts but the model config expects {context_dim}; use the "
                                           "projection file that belongs to these models.")
-        t5 = load_t5_encoder(encoder_path, config=config, dtype=dtype, device=device, fp16_weights=release == "1.0")
+        t5 = load_t5_encoder(encoder_path, config=config, dtype=dtype, device=device, fp16_weights=release == "1.0",
+                             fp8_weights=fp8_weights)
         encoder = cls(tokenizer, t5, projections, release=release, max_length=max_length)
         return encoder.to(device)
 

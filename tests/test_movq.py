@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from fusionframes.checkpoints import load_model
 from fusionframes.configs import MoVQConfig, load_release_config, official_config
 from fusionframes.errors import ConfigError, InputError
 from fusionframes.manifest import manifest_lines
-from fusionframes.movq import MoVQ, decode_video, encode_frames, official_clip_frames
+from fusionframes.movq import MoVQ, Tiles, decode_video, encode_frames, official_clip_frames
 from fusionframes.parity.fixtures import Comparison, load_case
 
 FIXTURES = [
@@ -177,3 +179,65 @@ def test_bad_config_raises_config_error() -> None:
         MoVQ(MoVQConfig(ch=48))
     with pytest.raises(ConfigError, match="double_z"):
         MoVQ(dataclasses.replace(MoVQConfig(ch=32, ch_mult=(1,)), double_z=True))
+
+
+# --- spatial tiles ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("length", "size", "overlap"), [(8, 8, 2), (9, 8, 2), (24, 8, 4), (37, 12, 5), (64, 9, 0)])
+def test_tiles_cover_every_pixel_and_overlap_as_asked(length, size, overlap):
+    starts = Tiles(size, overlap).starts(length)
+    covered = torch.zeros(length, dtype=torch.int)
+    for start in starts:
+        covered[start:start + size] += 1
+    assert (covered >= 1).all() and starts[0] == 0 and starts[-1] + size == max(length, size)
+    assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))
+
+
+def _pixel_local_decode(movq):
+    """Replace the decoder by one whose output pixel depends only on its own latent pixel: tiling is then exact."""
+
+    def decode(latents):
+        return F.interpolate(latents[:, :3] * 2 + latents[:, 3:4], scale_factor=movq.downscale, mode="nearest")
+
+    movq.decode = decode
+
+
+@pytest.mark.parametrize(("height", "width", "tiles"), [(24, 16, Tiles(8, 3)), (17, 30, Tiles(10, 4)),
+                                                        (12, 12, Tiles(8, 0)), (8, 40, Tiles(16, 7))])
+def test_tiles_are_placed_and_cross_faded_exactly(golden, height, width, tiles):
+    movq = load_model(golden / "models" / "k10" / "movq.pt").model
+    latents = torch.randn(2, 4, height, width)
+    expected = F.interpolate(latents[:, :3] * 2 + latents[:, 3:4], scale_factor=8, mode="nearest")
+    _pixel_local_decode(movq)
+    torch.testing.assert_close(decode_video(movq, latents, tiles=tiles), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["k10/movq.pt", "k11/video_movq.pt"])
+def test_one_tile_as_large_as_the_frame_decodes_exactly_as_whole_frames(golden, name):
+    movq = load_model(golden / "models" / name).model
+    latents = torch.randn(3, 4, 12, 10)
+    torch.testing.assert_close(decode_video(movq, latents, tiles=Tiles(12, 4)), decode_video(movq, latents))
+
+
+@pytest.mark.parametrize("name", ["k10/movq.pt", "k11/video_movq.pt"])
+def test_overlapping_tiles_come_closer_to_the_whole_frame_than_butted_ones(golden, name):
+    movq = load_model(golden / "models" / name).model
+    latents = torch.randn(3, 4, 24, 24, generator=torch.Generator().manual_seed(0))
+    whole = decode_video(movq, latents, clip_frames=3)
+
+    def error(tiles):
+        return (decode_video(movq, latents, clip_frames=3, tiles=tiles) - whole).abs().mean().item()
+
+    butted, overlapped = error(Tiles(8, 0)), error(Tiles(16, 6))
+    assert overlapped < 0.5 * butted and overlapped < 0.1 * whole.std().item()
+
+
+def test_tiles_in_pixels_as_the_nodes_take_them():
+    assert Tiles.from_pixels(0, 64, 8) is None
+    assert Tiles.from_pixels(256, 64, 8) == Tiles(32, 8)
+    assert Tiles.from_pixels(64, 512, 8) == Tiles(8, 4)
+    with pytest.raises(InputError, match="at least 64 pixels"):
+        Tiles.from_pixels(32, 0, 8)
+    with pytest.raises(InputError, match="overlap"):
+        Tiles(8, 8)

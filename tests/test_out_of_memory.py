@@ -9,7 +9,7 @@ from fusionframes import stages
 from fusionframes.checkpoints import load_model
 from fusionframes.errors import OutOfMemory
 from fusionframes.guidance import TextCondition
-from fusionframes.movq import decode_video
+from fusionframes.movq import Tiles, decode_video
 from fusionframes.noise import SeededNoise
 
 
@@ -45,8 +45,32 @@ def test_temporal_decoding_retries_with_smaller_clips_and_says_so(golden, caplog
 def test_a_frame_that_never_fits_names_what_to_lower(golden):
     movq = load_model(golden / "models" / "k10" / "movq.pt").model
     _fails_above(movq, 0)
-    with pytest.raises(OutOfMemory, match="single 64x64 frame: lower the resolution"):
+    with pytest.raises(OutOfMemory, match="single 64x64 frame, even in tiles of 64 pixels: lower the resolution"):
         decode_video(movq, torch.randn(2, 4, 8, 8))
+
+
+def _fails_above_side(module, limit: int):
+    """Make ``module.decode`` run out of memory for latents larger than ``limit`` x ``limit``."""
+    original = module.decode
+
+    def decode(latents):
+        if max(latents.shape[-2:]) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(latents)
+
+    module.decode = decode
+
+
+@pytest.mark.parametrize("name", ["k10/movq.pt", "k11/video_movq.pt"])
+def test_a_frame_too_large_for_the_device_is_decoded_in_tiles(golden, caplog, name):
+    movq = load_model(golden / "models" / name).model
+    latents = torch.randn(3, 4, 32, 24)
+    expected = decode_video(movq, latents, clip_frames=1, tiles=Tiles(8, 4))
+    _fails_above_side(movq, 8)
+    with caplog.at_level(logging.WARNING):
+        frames = decode_video(movq, latents, clip_frames=3)
+    assert "decoding it in tiles of 64 pixels" in caplog.text
+    torch.testing.assert_close(frames, expected)
 
 
 def test_out_of_memory_while_sampling_names_the_settings_to_lower(golden):

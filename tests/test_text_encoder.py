@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from fusionframes.configs import load_release_config
 from fusionframes.errors import CheckpointError, InputError
+from fusionframes.fp8_weights import Float8Linear
 from fusionframes.parity.fixtures import Comparison, load_case
 from fusionframes.text_encoder import (
     FLAN_UL2_CONFIG,
@@ -389,3 +390,35 @@ def test_input_errors(k11: TextEncoder):
     with pytest.raises(InputError):
         TextEncoder.load("0.9", "x", "y")
     assert k11.to("cpu") is k11 and k11.device.type == "cpu"
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+@pytest.mark.parametrize("release", ["1.0", "1.1"])
+def test_fp8_weight_storage_halves_bf16_and_stays_close(golden: Path, release: str):
+    prompt = "a red car drifting on a wet road, 4k"
+    reference = _load(golden, release, dtype=torch.float32).encode(prompt)
+    bf16 = _load(golden, release, dtype=torch.bfloat16)
+    fp8 = _load(golden, release, dtype=torch.bfloat16, fp8_weights=True)
+    linears = [m for m in fp8.t5.modules() if isinstance(m, Float8Linear)]
+    assert linears and not any(isinstance(m, torch.nn.Linear) for m in fp8.t5.modules())
+    assert all(m.weight_fp8.dtype == torch.float8_e4m3fn for m in linears)
+    # 2 bytes -> 1 byte per linear weight, plus a float32 scale per row (1/1024 of a FLAN-UL2 row, 1/8 here)
+    saved = sum(m.weight_fp8.numel() - 4 * m.weight_scale.numel() for m in linears)
+    assert _nbytes(bf16.t5) - _nbytes(fp8.t5) == saved > 0
+    context = fp8.encode(prompt).context
+    assert context.dtype == torch.float32 and torch.isfinite(context).all()
+    drift = (context - reference.context).norm() / reference.context.norm()
+    bf16_drift = (bf16.encode(prompt).context - reference.context).norm() / reference.context.norm()
+    assert drift < 0.1, f"fp8 storage moved the context by {drift:.3f} (bf16 alone: {bf16_drift:.3f})"
+
+
+def test_fp8_linear_reproduces_a_linear_layer_to_e4m3_precision():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(5, 64)
+    fp8 = Float8Linear(linear)
+    error = (fp8(x) - linear(x)).abs().max() / linear(x).abs().max()
+    assert fp8.weight is None and 0 < error < 0.05  # e4m3: 3 mantissa bits, relative rounding <= 1/16 per weight
