@@ -24,6 +24,18 @@ def unet_dtype(choice: str, device: str) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def text_dtype(choice: str, device: str) -> tuple[torch.dtype | None, bool]:
+    """(compute dtype, fp8 weight storage) of the T5. auto: bf16 on CUDA (fp16 overflows in FLAN-UL2, the official
+    1.0 code zeroes those rows; fp32 doubles the memory), the official dtype elsewhere; fp8: float8 weights computing
+    in bf16 on CUDA, fp32 on the CPU."""
+    cuda = torch.device(device).type == "cuda"
+    if choice == "fp8":
+        return (torch.bfloat16 if cuda else torch.float32), True
+    if choice == "auto":
+        return (torch.bfloat16 if cuda else None), False
+    return DTYPES[choice], False
+
+
 def _progress_printer():
     from tqdm import tqdm
 
@@ -42,16 +54,20 @@ def _progress_printer():
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import VideoPipeline, VideoRequest
+    from .placement import Placement
     from .video_io import load_image, write_video
 
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
+    text_device = Placement.parse(args.placement, args.device).device("text")
+    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, str(text_device))
     pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
-                                         dtype=unet_dtype(args.dtype, args.device), offload=args.offload)
+                                         dtype=unet_dtype(args.dtype, args.device), offload=args.offload,
+                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8)
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
         seed=args.seed, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance, motion=args.motion,
-        num_keyframes=args.keyframes,
+        num_keyframes=args.keyframes, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
     )
     started = time.perf_counter()
     result = pipeline.generate(request, progress=_progress_printer())
@@ -163,6 +179,16 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
                         help="U-Net weights: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on the CPU; "
                              "MoVQ stays fp32 as in the official code")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU between their stages")
+    parser.add_argument("--placement", default=None,
+                        help="per-stage devices, e.g. keyframe=cuda:0,interpolation=cuda:1,movq=cuda:1,text=cpu "
+                             "(roles: text, keyframe, interpolation, movq; the rest on --device)")
+    parser.add_argument("--text-dtype", choices=["auto", "fp8", *sorted(DTYPES)], default="auto",
+                        help="T5 weights: auto = bf16 on CUDA, official elsewhere (1.1 fp32); fp8 = float8 weights, "
+                             "half of bf16's memory")
+    parser.add_argument("--tile-size", type=int, default=0,
+                        help="decode in spatial tiles of this many pixels (0: whole frames; frames that do not fit "
+                             "are tiled automatically)")
+    parser.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
     parser.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp)")
 
 

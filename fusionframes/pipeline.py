@@ -1,7 +1,9 @@
 """The whole text-to-video pipeline of either release, outside ComfyUI (command line, library use, tests).
 
-Models are loaded from a release folder holding the official file names; each stage runs on the chosen device and,
-with ``offload``, goes back to the CPU when its stage is done, so only one large model occupies the GPU at a time.
+Models are loaded from a release folder holding the official file names. Each stage runs on its device (one for all,
+or a :class:`~fusionframes.placement.Placement` that splits them across GPUs) and, with ``offload``, goes back to the
+CPU when its stage is done, so only one large model occupies a GPU at a time. The text encoder runs once per video
+and always leaves the GPU afterwards.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from .checkpoints import LoadedModel, load_model
 from .configs import load_release_config, official_config
 from .errors import CheckpointError, InputError
 from .guidance import TextCondition
+from .movq import Tiles
 from .noise import NoiseSource, SeededNoise
-from .text_encoder import TextEncoder
+from .placement import Placement
+from .text_encoder import TextEncoder, official_t5_dtype
 
 #: official file names per release: (keyframe, interpolation, image MoVQ, temporal MoVQ, text projections)
 RELEASE_FILES = {
@@ -55,9 +59,15 @@ class VideoRequest:
     motion: str = "medium"
     noise_augmentation: int = 20
     num_keyframes: int | None = None
+    tile_size: int = 0  # decode in spatial tiles of this many pixels (0: whole frames)
+    tile_overlap: int = 32
+
+    def tiles(self) -> Tiles | None:
+        return Tiles.from_pixels(self.tile_size, self.tile_overlap, stages.LATENT_SCALE)
 
     def validate(self, release: str) -> None:
         stages.check_size(self.width, self.height)
+        self.tiles()
         if self.fps not in FPS_PASSES:
             raise InputError(f"fps must be one of {', '.join(FPS_PASSES)}, got {self.fps!r}.")
         if self.motion not in stages.MOTION_SCORES:
@@ -87,13 +97,17 @@ def detect_release(folder: Path) -> str:
 class VideoPipeline:
     """All models of one release plus the text encoder."""
 
-    def __init__(self, release: str, models: dict[str, LoadedModel], text: TextEncoder, device: torch.device,
-                 offload: bool = False) -> None:
+    def __init__(self, release: str, models: dict[str, LoadedModel], text: TextEncoder,
+                 placement: Placement | torch.device | str, offload: bool = False) -> None:
         self.release = release
         self.models = models
         self.text = text
-        self.device = device
+        self.placement = placement if isinstance(placement, Placement) else Placement.parse(None, placement)
         self.offload = offload
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.default
 
     @classmethod
     def from_folder(
@@ -105,40 +119,51 @@ class VideoPipeline:
         dtype: torch.dtype | None = None,
         offload: bool = False,
         movq_dtype: torch.dtype | None = None,
+        placement: str | Placement | None = None,
+        text_dtype: torch.dtype | None = None,
+        text_fp8: bool = False,
     ) -> VideoPipeline:
-        """``dtype``: the U-Nets' weights (None = float32); ``movq_dtype``: the MoVQs' (None = float32, official)."""
+        """``dtype``: the U-Nets' weights (None = float32); ``movq_dtype``: the MoVQs' (None = float32, official);
+        ``placement``: per-role devices (``"text=cpu,interpolation=cuda:1"``, the rest on ``device``); ``text_dtype``:
+        the T5's compute dtype (None = the official one); ``text_fp8``: the T5's linear weights stored in float8.
+
+        Everything is checked and loaded before the pipeline exists, so a failure leaves nothing loaded."""
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"models folder not found: {folder}")
+        placement = placement if isinstance(placement, Placement) else Placement.parse(placement, device)
         release = detect_release(folder)
         files = RELEASE_FILES[release]
-        device = torch.device(device)
-        home = torch.device("cpu") if offload else device
         models = {}
         for kind in ("keyframe", "interpolation", "movq", "video_movq"):
             if kind in files:
                 kind_dtype = dtype if kind in ("keyframe", "interpolation") else movq_dtype
+                home = torch.device("cpu") if offload else placement.device(kind)
                 models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=kind_dtype, device=home)
         config_file = folder / "configs.json"
         config = load_release_config(config_file, release) if config_file.is_file() else official_config(release)
+        # the text encoder waits on the CPU: it runs once per video, for a fraction of a second on a GPU
+        text_dtype = text_dtype or official_t5_dtype(release, placement.device("text"))
         text = TextEncoder.load(release, text_encoder, folder / files["projections"],
                                 max_length=config.text.tokens_length, context_dim=config.keyframe.context_dim,
-                                device=home)
-        return cls(release, models, text, device, offload)
+                                dtype=text_dtype, device="cpu", fp8_weights=text_fp8)
+        return cls(release, models, text, placement, offload)
 
     def _use(self, kind: str) -> torch.nn.Module:
         model = self.models[kind].model
-        return model.to(self.device) if self.offload else model
+        return model.to(self.placement.device(kind)) if self.offload else model
 
     def _done(self, kind: str) -> None:
         if self.offload:
             self.models[kind].model.to("cpu")
 
     def encode_text(self, request: VideoRequest) -> tuple[TextCondition, TextCondition | None]:
-        self.text.to(self.device)
+        """Encode the prompt(s) on the text role's device; the encoder goes back to the CPU afterwards."""
         negative = request.negative_prompt if self.release == "1.0" else None
-        encoded = self.text.encode(request.prompt, negative)
-        if self.offload:
+        try:
+            self.text.to(self.placement.device("text"))
+            encoded = self.text.encode(request.prompt, negative)
+        finally:
             self.text.to("cpu")
         text = TextCondition(encoded.context, encoded.mask)
         if encoded.negative_context is None:
@@ -164,7 +189,8 @@ class VideoPipeline:
             video = stages.interleave(video, groups)
         decoder = "video_movq" if "video_movq" in self.models else "movq"
         movq = self._use(decoder)
-        frames = stages.decode_frames(movq, video, progress=(lambda done, total: progress("decode", done, total))
+        frames = stages.decode_frames(movq, video, tiles=request.tiles(),
+                                      progress=(lambda done, total: progress("decode", done, total))
                                       if progress else None)
         self._done(decoder)
         return VideoResult(frames, stages.fps_for(passes), video)

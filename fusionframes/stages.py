@@ -19,7 +19,7 @@ from .fast_samplers import make_schedule
 from .interpolation_unet import InterpolationUNet10, InterpolationUNet11
 from .keyframe_unet import KeyframeUNet10, KeyframeUNet11
 from .memory import explain_out_of_memory
-from .movq import MoVQ, decode_video
+from .movq import MoVQ, Tiles, decode_video
 from .noise import NoiseSource
 from .sampling import OnStep, initial_noise, sample
 from .schedules import K11Schedule
@@ -267,10 +267,11 @@ def interpolate_11(
 
 def decode_frames(
     movq: MoVQ, latents: torch.Tensor, *, clip_frames: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
 ) -> torch.Tensor:
-    """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips."""
-    images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress)
+    """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips (and in
+    spatial ``tiles`` when given)."""
+    images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
     return ((images + 1) / 2).clamp(0, 1)
 
 

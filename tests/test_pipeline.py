@@ -74,7 +74,8 @@ def test_cli_generate_writes_an_mp4_and_names_it_last(demo, tmp_path, capsys):
     out = tmp_path / "video.mp4"
     code = main(["generate", "--models", str(demo / "k10"), "--text-encoder", str(demo / "text_encoder"),
                  "--prompt", "a red car", "--width", "64", "--height", "128", "--fps", "medium", "--steps", "3",
-                 "--keyframes", "2", "--out", str(out)])
+                 "--keyframes", "2", "--placement", "text=cpu", "--text-dtype", "fp8", "--tile-size", "64",
+                 "--out", str(out)])
     assert code == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"video: {out}"
     frames = read_video(out)
@@ -86,6 +87,9 @@ def test_cli_reports_user_errors_without_a_traceback(demo, tmp_path, capsys):
                  "--prompt", "x", "--out", str(tmp_path / "v.mp4")])
     assert code == 2
     assert "models folder not found" in capsys.readouterr().err
+    code = main(["generate", "--models", str(demo / "k10"), "--placement", "keyframe=cuda:7", "--prompt", "x",
+                 "--out", str(tmp_path / "v.mp4")])
+    assert code == 2 and "cuda:7 is not available" in capsys.readouterr().err
 
 
 def test_cli_keys_prints_the_official_manifest(golden, capsys):
@@ -125,3 +129,37 @@ def test_faster_sampler_is_an_option_never_the_default(demo):
     result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="low", num_keyframes=2,
                                             seed=1, sampler="ddim", steps=4))
     assert result.frames.shape == (2, 3, 64, 64) and torch.isfinite(result.frames).all()
+
+
+def test_placement_names_each_stage_device_and_refuses_what_is_not_there(monkeypatch):
+    from fusionframes.placement import Placement
+
+    placement = Placement.parse("text=cpu, movq=cpu", "cpu")
+    assert placement.device("video_movq") == placement.device("keyframe") == torch.device("cpu")
+    with pytest.raises(InputError, match="ROLE one of text, keyframe, interpolation, movq"):
+        Placement.parse("unet=cpu", "cpu")
+    with pytest.raises(InputError, match="names text twice"):
+        Placement.parse("text=cpu,text=cpu", "cpu")
+    with pytest.raises(InputError, match="not a device"):
+        Placement.parse("keyframe=gpu0", "cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert Placement.parse("interpolation=cuda:1", "cuda:0").device("interpolation") == torch.device("cuda:1")
+    with pytest.raises(InputError, match=r"cuda:2 is not available: this machine has 2 CUDA device\(s\)"):
+        Placement.parse("movq=cuda:2", "cuda:0")
+
+
+def test_text_encoder_leaves_its_device_after_encoding_and_fp8_tiles_run_end_to_end(demo):
+    pipeline = VideoPipeline.from_folder(demo / "k11", demo / "text_encoder", placement="text=cpu,movq=cpu",
+                                         text_fp8=True)
+    moves = []
+    original = pipeline.text.to
+    pipeline.text.to = lambda device: (moves.append(str(device)), original(device))[1]
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="low", num_keyframes=2, seed=1, steps=2,
+                           sampler="ddim")
+    whole = pipeline.generate(request)
+    assert moves == ["cpu", "cpu"]  # to the text role's device for encoding, then back to the CPU
+    request.tile_size, request.tile_overlap = 64, 32  # one tile covers the frame: identical frames
+    torch.testing.assert_close(pipeline.generate(request).frames, whole.frames)
+    request.tile_size = 32
+    with pytest.raises(InputError, match="tile size must be 0 \\(no tiling\\) or at least 64 pixels"):
+        pipeline.generate(request)
