@@ -13,6 +13,7 @@ from ..fusionframes.text_encoder import TextEncoder
 from . import comfy_models as cm
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
 
+FP8 = "fp8_e4m3fn"
 DTYPE_TOOLTIP = "Weight dtype. auto: fp32 on CPU, bf16 (or fp16) on GPUs. fp16/bf16 halve the memory."
 
 
@@ -115,8 +116,10 @@ class LoadTextEncoder(io.ComfyNode):
                 io.Combo.Input("projections", options=cm.checkpoint_files(),
                                tooltip="t5_projections.pt (1.1) or kandinsky_video.pt (1.0, the projections are "
                                        "inside it). Decides the release."),
-                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto",
-                               tooltip="auto: the official choice (1.0 fp16 weights, 1.1 fp32). bf16 halves memory."),
+                io.Combo.Input("weight_dtype", options=[*cm.DTYPE_CHOICES, FP8], default="auto",
+                               tooltip="auto: bf16 on GPUs (FLAN-UL2 overflows in fp16; fp32, the official 1.1 "
+                                       "choice, takes 34 GB), fp32 on the CPU. fp8_e4m3fn stores the weights in 8 "
+                                       "bits (9 GB) and computes in bf16."),
             ],
             outputs=[TextEncoderModel.Output(display_name="text_encoder")],
         )
@@ -133,9 +136,10 @@ class LoadTextEncoder(io.ComfyNode):
                              "kandinsky_video.pt (1.0).")
         config_file = os.path.join(os.path.dirname(projections_path), "configs.json")
         text_config = load_release_config(config_file, release).text if os.path.isfile(config_file) else None
-        dtype = None if weight_dtype == "auto" else cm.DTYPES[weight_dtype]
+        fp8 = weight_dtype == FP8
+        dtype = cm.weight_dtype("auto" if fp8 else weight_dtype, mm.text_encoder_device())
         encoder = TextEncoder.load(
-            release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype,
+            release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype, fp8_weights=fp8,
             max_length=text_config.tokens_length if text_config else 128,
             device=mm.text_encoder_offload_device(),
         )

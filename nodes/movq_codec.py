@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..fusionframes import stages
-from ..fusionframes.movq import encode_frames, official_clip_frames
+from ..fusionframes.movq import Tiles, encode_frames, official_clip_frames
 from . import comfy_models as cm
 from .types import CATEGORY, MoVQModel, latent_frames, latent_info, make_latent
 
@@ -30,6 +30,12 @@ class MoVQDecode(io.ComfyNode):
                                        "least memory. custom: clip_frames frames per clip."),
                 io.Int.Input("clip_frames", default=5, min=1, max=64,
                              tooltip="Frames per clip for 'custom clip length' (more = smoother, more memory)."),
+                io.Int.Input("tile_size", default=0, min=0, max=4096, step=32,
+                             tooltip="0: whole frames. Otherwise decode in square tiles of this many pixels (at "
+                                     "least 64), for frames too large for the GPU; frames that run out of memory are "
+                                     "tiled automatically."),
+                io.Int.Input("tile_overlap", default=32, min=0, max=512, step=8,
+                             tooltip="Pixels shared by neighbouring tiles, cross-faded to hide the seams."),
             ],
             outputs=[io.Image.Output(display_name="images"),
                      io.Float.Output(display_name="fps", tooltip="Playback rate carried by the latent: keyframes 2, "
@@ -38,14 +44,16 @@ class MoVQDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, movq, latent: dict, clips: str, clip_frames: int) -> io.NodeOutput:
+    def execute(cls, movq, latent: dict, clips: str, clip_frames: int, tile_size: int = 0,
+                tile_overlap: int = 32) -> io.NodeOutput:
         video = latent_frames(latent, "Temporal MoVQ Decode")
         count = video.shape[0]
         length = {"official clips": official_clip_frames(count), "one clip per frame": 1,
                   "custom clip length": clip_frames}[clips]
+        tiles = Tiles.from_pixels(tile_size, tile_overlap, movq.module.downscale)
         progress = cm.StepProgress(count)
         model = movq.load()
-        frames = stages.decode_frames(model, video, clip_frames=length,
+        frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
                                       progress=lambda done, total: progress.count(done))
         fps = latent_info(latent).get("fps", stages.KEYFRAME_FPS)
         return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), fps)

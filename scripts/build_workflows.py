@@ -65,7 +65,8 @@ def _interpolator(latent: list, passes: int, conditioning: bool) -> dict:
 
 def _decode(movq: str, latent: list) -> dict:
     return {"class_type": "FusionFramesMoVQDecode",
-            "inputs": {"movq": link(movq), "latent": latent, "clips": "official clips", "clip_frames": 5}}
+            "inputs": {"movq": link(movq), "latent": latent, "clips": "official clips", "clip_frames": 5,
+                       "tile_size": 0, "tile_overlap": 32}}
 
 
 def t2v_10() -> dict:

@@ -163,6 +163,16 @@ def test_faster_sampler_is_an_option_with_fewer_steps(demo_server):
     assert saved_video(demo_server, entry).shape == (4 * KEYFRAMES - 3, SIZE, SIZE, 3)
 
 
+def test_fp8_text_encoder_and_tiled_decoding_run_the_11_workflow(demo_server):
+    graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
+    _node(graph, "FusionFramesLoadTextEncoder")["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    whole = saved_video(demo_server, demo_server.run(graph, timeout=900))
+    _node(graph, "FusionFramesMoVQDecode")["inputs"].update(tile_size=SIZE, tile_overlap=32)  # one tile: same frames
+    assert np.array_equal(saved_video(demo_server, demo_server.run(graph, timeout=900)), whole)
+    _node(graph, "FusionFramesMoVQDecode")["inputs"].update(tile_size=32)
+    assert "at least 64 pixels" in _failure(demo_server, graph)["exception_message"]
+
+
 def test_official_11_sampler_refuses_other_step_counts(demo_server):
     graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
     _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=20)
