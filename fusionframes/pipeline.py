@@ -20,6 +20,7 @@ from .checkpoints import LoadedModel, load_model
 from .configs import load_release_config, official_config
 from .errors import CheckpointError, InputError
 from .guidance import TextCondition
+from .memory_format import prefers_channels_last, use_channels_last
 from .movq import Tiles
 from .noise import NoiseSource, SeededNoise
 from .placement import Placement
@@ -122,10 +123,12 @@ class VideoPipeline:
         placement: str | Placement | None = None,
         text_dtype: torch.dtype | None = None,
         text_fp8: bool = False,
+        channels_last: bool | None = None,
     ) -> VideoPipeline:
         """``dtype``: the U-Nets' weights (None = float32); ``movq_dtype``: the MoVQs' (None = float32, official);
         ``placement``: per-role devices (``"text=cpu,interpolation=cuda:1"``, the rest on ``device``); ``text_dtype``:
-        the T5's compute dtype (None = the official one); ``text_fp8``: the T5's linear weights stored in float8.
+        the T5's compute dtype (None = the official one); ``text_fp8``: the T5's linear weights stored in float8;
+        ``channels_last``: U-Net and MoVQ convolutions in NHWC (None: on CUDA, the fast layout there).
 
         Everything is checked and loaded before the pipeline exists, so a failure leaves nothing loaded."""
         folder = Path(folder)
@@ -140,6 +143,8 @@ class VideoPipeline:
                 kind_dtype = dtype if kind in ("keyframe", "interpolation") else movq_dtype
                 home = torch.device("cpu") if offload else placement.device(kind)
                 models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=kind_dtype, device=home)
+                if prefers_channels_last(placement.device(kind)) if channels_last is None else channels_last:
+                    use_channels_last(models[kind].model)
         config_file = folder / "configs.json"
         config = load_release_config(config_file, release) if config_file.is_file() else official_config(release)
         # the text encoder waits on the CPU: it runs once per video, for a fraction of a second on a GPU

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..fusionframes.checkpoints import inspect, load_model
 from ..fusionframes.configs import load_release_config
+from ..fusionframes.memory_format import prefers_channels_last, use_channels_last
 from ..fusionframes.text_encoder import TextEncoder
 from . import comfy_models as cm
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
@@ -27,6 +28,8 @@ def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
     dtype = cm.weight_dtype(dtype_choice, mm.get_torch_device())
     loaded = load_model(cm.checkpoint_path(ckpt_name), expected_kind=kind, dtype=dtype,
                         device=mm.unet_offload_device())
+    if prefers_channels_last(mm.get_torch_device()):
+        use_channels_last(loaded.model)  # the layout survives the memory manager's moves to the GPU
     return cm.manage(loaded.model, loaded.release, kind, ckpt_name)
 
 

@@ -163,3 +163,15 @@ def test_text_encoder_leaves_its_device_after_encoding_and_fp8_tiles_run_end_to_
     request.tile_size = 32
     with pytest.raises(InputError, match="tile size must be 0 \\(no tiling\\) or at least 64 pixels"):
         pipeline.generate(request)
+
+
+def test_channels_last_weights_change_the_layout_not_the_video(demo):
+    # 1.0: no 8-bit key-frame round trip, which would turn summation-order rounding into whole 1/255 steps
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", num_keyframes=2, seed=3, steps=2,
+                           sampler="ddim")
+    plain = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder").generate(request)
+    pipeline = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder", channels_last=True)
+    convs = [p for p in pipeline.models["keyframe"].model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs
+                         if p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1)
+    torch.testing.assert_close(pipeline.generate(request).frames, plain.frames, rtol=1e-4, atol=1e-4)
