@@ -8,7 +8,8 @@ and always leaves the GPU afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .checkpoints import LoadedModel, load_model
 from .configs import load_release_config, official_config
 from .errors import CheckpointError, InputError
 from .guidance import TextCondition
+from .memory import release_cached_memory
 from .memory_format import prefers_channels_last, use_channels_last
 from .movq import Tiles
 from .noise import NoiseSource, SeededNoise
@@ -154,13 +156,17 @@ class VideoPipeline:
                                 dtype=text_dtype, device="cpu", fp8_weights=text_fp8)
         return cls(release, models, text, placement, offload)
 
-    def _use(self, kind: str) -> torch.nn.Module:
+    @contextmanager
+    def _stage(self, kind: str) -> Iterator[torch.nn.Module]:
+        """The model of ``kind`` on its device for one stage; with ``offload`` it goes back to the CPU however the
+        stage ends (finished, interrupted by a progress callback, out of memory)."""
         model = self.models[kind].model
-        return model.to(self.placement.device(kind)) if self.offload else model
-
-    def _done(self, kind: str) -> None:
-        if self.offload:
-            self.models[kind].model.to("cpu")
+        try:
+            yield model.to(self.placement.device(kind)) if self.offload else model
+        finally:
+            if self.offload:
+                model.to("cpu")
+                release_cached_memory()
 
     def encode_text(self, request: VideoRequest) -> tuple[TextCondition, TextCondition | None]:
         """Encode the prompt(s) on the text role's device; the encoder goes back to the CPU afterwards."""
@@ -193,46 +199,43 @@ class VideoPipeline:
             groups = self._interpolate(request, text, video, noise, number, reporter)
             video = stages.interleave(video, groups)
         decoder = "video_movq" if "video_movq" in self.models else "movq"
-        movq = self._use(decoder)
-        frames = stages.decode_frames(movq, video, tiles=request.tiles(),
-                                      progress=(lambda done, total: progress("decode", done, total))
-                                      if progress else None)
-        self._done(decoder)
+        with self._stage(decoder) as movq:
+            frames = stages.decode_frames(movq, video, tiles=request.tiles(),
+                                          progress=(lambda done, total: progress("decode", done, total))
+                                          if progress else None)
         return VideoResult(frames, stages.fps_for(passes), video)
 
     def _keyframes(self, request, text, negative, noise, reporter) -> torch.Tensor:
-        unet = self._use("keyframe")
-        try:
-            if self.release == "1.0":
+        if self.release == "1.0":
+            with self._stage("keyframe") as unet:
                 return stages.sample_keyframes_10(
                     unet, text, request.height, request.width, noise, steps=request.steps or 50,
                     guidance_scale=request.guidance_scale, num_frames=request.num_keyframes, negative=negative,
                     on_step=reporter("keyframes"), sampler=request.sampler)
-            movq = self._use("movq")
-            if request.image is not None:
-                key_frame = stages.encode_image(movq, request.image, request.width, request.height)
-            else:
+        if request.image is None:
+            with self._stage("keyframe") as unet:
                 first = stages.sample_first_frame_11(unet, text, request.height, request.width, noise,
                                                      guidance_scale=request.guidance_scale,
                                                      on_step=reporter("first frame"), sampler=request.sampler,
                                                      steps=request.steps)
+        with self._stage("movq") as movq:
+            if request.image is not None:
+                key_frame = stages.encode_image(movq, request.image, request.width, request.height)
+            else:
                 key_frame = stages.first_frame_to_key_frame(movq, first, request.width, request.height)
-            self._done("movq")
+        with self._stage("keyframe") as unet:
             return stages.sample_keyframes_11(
                 unet, text, key_frame, noise, num_frames=request.num_keyframes or 12,
                 guidance_text=request.guidance_prompt, guidance_image=request.guidance_image,
                 noise_augmentation=request.noise_augmentation, motion_score=stages.MOTION_SCORES[request.motion],
                 on_step=reporter("keyframes"), sampler=request.sampler, steps=request.steps)
-        finally:
-            self._done("keyframe")
 
     def _interpolate(self, request, text, video, noise, number: int, reporter) -> torch.Tensor:
-        unet = self._use("interpolation")
         guidance = request.interpolation_guidance
         if guidance is None:
             guidance = DEFAULT_INTERPOLATION_GUIDANCE[self.release]
         phase, skip = f"interpolation{number}", stages.SKIP_FRAMES[number]
-        try:
+        with self._stage("interpolation") as unet:
             if self.release == "1.0":
                 return stages.interpolate_10(unet, video, noise, steps=request.steps or 50, guidance_scale=guidance,
                                              skip_frames=skip, phase=phase, on_step=reporter(phase),
@@ -240,5 +243,3 @@ class VideoPipeline:
             return stages.interpolate_11(unet, text, video, noise, guidance_scale=guidance, skip_frames=skip,
                                          phase=phase, on_step=reporter(phase), sampler=request.sampler,
                                          steps=request.steps)
-        finally:
-            self._done("interpolation")
