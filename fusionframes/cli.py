@@ -62,7 +62,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     t5_dtype, t5_fp8 = text_dtype(args.text_dtype, str(text_device))
     pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
                                          dtype=unet_dtype(args.dtype, args.device), offload=args.offload,
-                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8)
+                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8,
+                                         compile=args.compile)
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
@@ -185,6 +186,8 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-dtype", choices=["auto", "fp8", *sorted(DTYPES)], default="auto",
                         help="T5 weights: auto = bf16 on CUDA, official elsewhere (1.1 fp32); fp8 = float8 weights, "
                              "half of bf16's memory")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the U-Nets (minutes of compiling first; pays off for long runs)")
     parser.add_argument("--tile-size", type=int, default=0,
                         help="decode in spatial tiles of this many pixels (0: whole frames; frames that do not fit "
                              "are tiled automatically)")

@@ -126,11 +126,13 @@ class VideoPipeline:
         text_dtype: torch.dtype | None = None,
         text_fp8: bool = False,
         channels_last: bool | None = None,
+        compile: bool = False,
     ) -> VideoPipeline:
         """``dtype``: the U-Nets' weights (None = float32); ``movq_dtype``: the MoVQs' (None = float32, official);
         ``placement``: per-role devices (``"text=cpu,interpolation=cuda:1"``, the rest on ``device``); ``text_dtype``:
         the T5's compute dtype (None = the official one); ``text_fp8``: the T5's linear weights stored in float8;
-        ``channels_last``: U-Net and MoVQ convolutions in NHWC (None: on CUDA, the fast layout there).
+        ``channels_last``: U-Net and MoVQ convolutions in NHWC (None: on CUDA, the fast layout there);
+        ``compile``: ``torch.compile`` the U-Nets (each new shape compiles once, at its first step).
 
         Everything is checked and loaded before the pipeline exists, so a failure leaves nothing loaded."""
         folder = Path(folder)
@@ -147,6 +149,8 @@ class VideoPipeline:
                 models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=kind_dtype, device=home)
                 if prefers_channels_last(placement.device(kind)) if channels_last is None else channels_last:
                     use_channels_last(models[kind].model)
+                if compile and kind in ("keyframe", "interpolation"):
+                    models[kind].model.compile()
         config_file = folder / "configs.json"
         config = load_release_config(config_file, release) if config_file.is_file() else official_config(release)
         # the text encoder waits on the CPU: it runs once per video, for a fraction of a second on a GPU
