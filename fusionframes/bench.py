@@ -263,11 +263,16 @@ def mode_dtypes(release: str, mode: str, device: torch.device, fast_movq_dtype: 
 
 
 def build_models(release: str, size: str, device: torch.device | str, mode: str = "reference", *,
-                 with_text: bool = True, fast_movq_dtype: str = "fp32", seed: int = 0) -> ModelSet:
-    """Every model of a release at ``size`` on ``device`` (``meta``: shapes only) with random weights."""
+                 with_text: bool = True, fast_movq_dtype: str = "fp32", seed: int = 0,
+                 dtypes_for: torch.device | str | None = None) -> ModelSet:
+    """Every model of a release at ``size`` on ``device`` (``meta``: shapes only) with random weights.
+
+    ``dtypes_for``: the device whose mode dtypes to use (default ``device``); ``"cuda"`` on ``meta`` builds the
+    GPU's fp16/bf16 models as shapes only (the memory estimator does)."""
     device = torch.device(device)
     config = release_config(release, size)
-    dtypes = mode_dtypes(release, mode, device, fast_movq_dtype)
+    dtypes = mode_dtypes(release, mode, torch.device(dtypes_for) if dtypes_for is not None else device,
+                         fast_movq_dtype)
     unets: dict[str, nn.Module] = {}
     movqs: dict[str, nn.Module] = {}
     number = 0
@@ -438,6 +443,12 @@ def _run_limited(stage: _Stage, limit: int | None, device: torch.device, times: 
     if stage.store is not None:
         stage.store(output)
     return output
+
+
+def stage_autocast(release: str, stage: str) -> bool:
+    """Whether the reference mode runs ``stage`` under fp16 autocast on CUDA (as the official code): the U-Net
+    stages of 1.1, every stage of 1.0."""
+    return stage not in ("text", "key_frame", "decode") or release == "1.0"
 
 
 @contextlib.contextmanager
@@ -688,8 +699,7 @@ def _run_mode(settings: BenchSettings, mode: str, device: torch.device, flops: d
     results = []
     stage_list = pipeline.stage_list()
     for stage in stage_list:
-        autocast = stage.name not in ("text", "key_frame", "decode") or settings.release == "1.0"
-        with _mode_context(mode, device, autocast):
+        with _mode_context(mode, device, stage_autocast(settings.release, stage.name)):
             if stage.name not in flops:
                 flops[stage.name] = _count_stage(stage, device)
             if mode == "fast" and settings.compile:

@@ -158,6 +158,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_estimate_memory(args: argparse.Namespace) -> int:
+    from .memory_estimate import run
+
+    return run(args)
+
+
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
     parser.add_argument("--negative-prompt", default=None, help="1.0 only (1.1 ignores negative prompts)")
@@ -255,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time every stage with random weights: seconds, peak memory, FLOPs, MFU")
     add_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
+
+    from .memory_estimate import add_arguments as add_estimate_arguments
+
+    estimate = commands.add_parser("estimate-memory", help="peak GPU memory of every stage and workflow, estimated "
+                                                           "on the CPU by running the stages on the meta device")
+    add_estimate_arguments(estimate)
+    estimate.set_defaults(run=cmd_estimate_memory)
     return parser
 
 

@@ -49,8 +49,8 @@ def spied_sampling(monkeypatch):
 def test_the_spy_sees_a_value_read_back_inside_the_loop():
     seen = SyncSpy()
     with seen:
-        sampling.sample(K11Schedule(4, "trailing", "v_prediction"), lambda x, t: x * float(x.abs().mean()), (1, 4, 4, 4),
-                        SeededNoise(0), "keyframes")
+        sampling.sample(K11Schedule(4, "trailing", "v_prediction"), lambda x, t: x * float(x.abs().mean()),
+                        (1, 4, 4, 4), SeededNoise(0), "keyframes")
     assert torch.ops.aten._local_scalar_dense.default.__str__() in seen.seen
 
 
