@@ -53,10 +53,31 @@ class SpatialNorm(nn.Module):
         if zq is None or not self.conditioned:
             return normed
         # A 1x1 convolution commutes with nearest resizing, so it runs at the small latent size.
-        size = f.shape[-2:]
-        scale = F.interpolate(self.conv_y(zq), size=size, mode="nearest")
-        shift = F.interpolate(self.conv_b(zq), size=size, mode="nearest")
-        return normed * scale + shift
+        scale, shift = self.conv_y(zq), self.conv_b(zq)
+        factors = _pixel_blocks(zq.shape[-2:], f.shape[-2:])
+        if factors is None or torch.is_grad_enabled():
+            size = f.shape[-2:]
+            return normed * F.interpolate(scale, size=size, mode="nearest") + F.interpolate(shift, size=size,
+                                                                                             mode="nearest")
+        # Inference: nearest resizing by an integer factor repeats each latent pixel over a block of pixels, so the
+        # latent-sized scale and shift broadcast over those blocks in place. Same arithmetic, and no full-size
+        # temporaries (at 512x512 each would be as large as the activations themselves).
+        (h, rows), (w, cols) = factors
+        blocks = normed.unflatten(3, (w, cols)).unflatten(2, (h, rows))
+        blocks.mul_(scale[:, :, :, None, :, None]).add_(shift[:, :, :, None, :, None])
+        return normed
+
+
+def _pixel_blocks(small: Sequence[int], large: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((h, rows), (w, cols)) when ``large`` is ``small`` scaled by powers of two (nearest resizing then copies
+    each small pixel to a rows x cols block exactly); None otherwise."""
+    factors = []
+    for n, size in zip(small, large):
+        factor = size // n
+        if factor * n != size or factor & (factor - 1):
+            return None
+        factors.append((n, factor))
+    return factors[0], factors[1]
 
 
 class Upsample(nn.Module):
@@ -125,17 +146,22 @@ class ResnetBlock(nn.Module):
     @staticmethod
     def _blend_time(h: torch.Tensor, conv: nn.Conv3d, merge: torch.Tensor, num_frames: int) -> torch.Tensor:
         mixed = _frames(conv(_clips(h, num_frames)))
-        return (1 - merge) * h + merge * mixed
+        if torch.is_grad_enabled():
+            return (1 - merge) * h + merge * mixed
+        return h.mul_(1 - merge).add_(mixed.mul_(merge))  # the same products and sum, in the fresh tensors
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, zq)))
+        # Without autograd, every temporary the block creates itself is reused in place (SiLU, the blends, the
+        # residual sum): the full-resolution blocks of the decoder set the peak memory of decoding.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x, zq), inplace=inplace))
         if self.temporal:
             h = self._blend_time(h, self.temporal_projection1, self.temporal_merge1, num_frames or x.shape[0])
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, zq))))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, zq), inplace=inplace)))
         if self.temporal:
             h = self._blend_time(h, self.temporal_projection2, self.temporal_merge2, num_frames or x.shape[0])
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return shortcut + h
+        return h.add_(shortcut) if inplace else shortcut + h
 
 
 class AttnBlock(nn.Module):

@@ -57,3 +57,9 @@ def test_check_parity_reports_an_unknown_case_as_a_failure(golden, tmp_path, cap
     shutil.copy(root / "cases" / "k10_movq_roundtrip.safetensors", root / "cases" / "mystery_case.safetensors")
     assert main(["check-parity", str(root), "--case", "mystery_case"]) == 1
     assert "no check is known" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_check_parity_takes_a_relative_fixture_path(golden, monkeypatch):
+    monkeypatch.chdir(golden.parent)
+    assert main(["check-parity", golden.name, "--case", "k10_pipeline_medium"]) == 0

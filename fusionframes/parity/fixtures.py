@@ -45,7 +45,7 @@ def list_cases(root: str | Path) -> list[str]:
 
 
 def load_case(root: str | Path, name: str) -> Case:
-    root = Path(root)
+    root = Path(root).resolve()  # checks join paths that already hold the root
     meta = json.loads((root / "cases" / f"{name}.json").read_text())
     tensors = load_file(str(root / "cases" / f"{name}.safetensors"))
     return Case(name=name, meta=meta, tensors=tensors, root=root)
