@@ -241,3 +241,19 @@ def test_tiles_in_pixels_as_the_nodes_take_them():
         Tiles.from_pixels(32, 0, 8)
     with pytest.raises(InputError, match="overlap"):
         Tiles(8, 8)
+
+
+@pytest.mark.parametrize("name", ["k10/movq.pt", "k11/video_movq.pt"])
+def test_the_in_place_inference_path_computes_exactly_what_the_autograd_path_does(golden, name):
+    movq = load_model(golden / "models" / name).model
+    zq = torch.randn(3, 4, 8, 8)
+    frames = 3 if movq.decodes_clips else None
+
+    def decode():
+        return movq.decoder(movq.post_quant_conv(zq), zq, frames, zq[:1].expand_as(zq) if frames else zq)
+
+    with torch.no_grad():
+        in_place = decode()
+    with torch.enable_grad():  # takes the out-of-place path, whether or not the weights require gradients
+        reference = decode()
+    assert torch.equal(in_place, reference.detach())
