@@ -74,6 +74,9 @@ def text_encoder_path(name: str) -> str:
 
 def weight_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice != "auto":
+        if choice not in DTYPES:
+            raise ValueError(f"weight_dtype {choice!r} is not one of {', '.join(DTYPE_CHOICES)}; pick one of them "
+                             "(the workflow may come from another version of the pack).")
         return DTYPES[choice]
     if device.type == "cpu":
         return torch.float32

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from comfy_api.latest import io
 
 from ..fusionframes import stages
@@ -46,6 +48,8 @@ class MoVQDecode(io.ComfyNode):
     @classmethod
     def execute(cls, movq, latent: dict, clips: str, clip_frames: int, tile_size: int = 0,
                 tile_overlap: int = 32) -> io.NodeOutput:
+        if clips not in DECODE_MODES:
+            raise ValueError(f"Temporal MoVQ Decode: clips {clips!r} is not one of {', '.join(DECODE_MODES)}.")
         video = latent_frames(latent, "Temporal MoVQ Decode")
         count = video.shape[0]
         length = {"official clips": official_clip_frames(count), "one clip per frame": 1,
@@ -80,6 +84,8 @@ class MoVQEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, images, fps: float) -> io.NodeOutput:
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"MoVQ Encode: fps must be a positive frame rate, got {fps}.")
         height, width = images.shape[1:3]
         if height % 8 or width % 8:
             raise ValueError(f"MoVQ Encode: image size {width}x{height} is not a multiple of 8; resize first "
