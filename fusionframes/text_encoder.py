@@ -276,14 +276,17 @@ def _token_text(value: Any, default: str) -> str:
 
 
 def _as_prompt_list(prompts: str | Sequence[str], what: str) -> list[str]:
-    if isinstance(prompts, str):
-        return [prompts]
-    prompts = list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise InputError(f"no {what} given: pass a string or a non-empty list of strings.")
     for prompt in prompts:
         if not isinstance(prompt, str):
             raise InputError(f"{what} must be strings, got {type(prompt).__name__}.")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: sentencepiece would fail deep inside its C++ code
+            raise InputError(f"the {what} holds {error.object[error.start:error.end]!r} at character {error.start}, "
+                             "which is not valid Unicode text; remove it.") from None
     return prompts
 
 

@@ -126,6 +126,9 @@ class KeyframeSampler(io.ComfyNode):
     @staticmethod
     def _sample_11(model, text, width, height, keyframes, noise, guidance, movq, image, image_guidance,
                    first_frame_guidance, motion, noise_augmentation, sampler, steps) -> torch.Tensor:
+        if motion not in stages.MOTION_SCORES:  # ComfyUI 0.3.75 does not check V3 combo values against the list
+            raise ValueError(f"T2V Keyframe Sampler: motion must be one of {', '.join(stages.MOTION_SCORES)}, got "
+                             f"{motion!r}.")
         if movq is None or movq.kind != "movq":
             raise ValueError("T2V Keyframe Sampler: release 1.1 needs the image MoVQ (movq.pt) on the 'movq' input, "
                              "to encode the first frame.")

@@ -422,3 +422,8 @@ def test_fp8_linear_reproduces_a_linear_layer_to_e4m3_precision():
     fp8 = Float8Linear(linear)
     error = (fp8(x) - linear(x)).abs().max() / linear(x).abs().max()
     assert fp8.weight is None and 0 < error < 0.05  # e4m3: 3 mantissa bits, relative rounding <= 1/16 per weight
+
+
+def test_a_lone_surrogate_in_a_prompt_is_a_clear_error(golden: Path):
+    with pytest.raises(InputError, match="'\\\\ud800' at character 2, which is not valid Unicode text"):
+        _load(golden, "1.1").encode("a \ud800 cat")
