@@ -255,9 +255,10 @@ def test_cpu_conv3d_workspace_is_invisible_to_dispatch_tracking():
 
 
 def test_official_temporal_decoder_clip_peak_by_hand():
-    """The official 1.1 temporal MoVQ decoding a clip of 5 frames at 512x512 (fp32): the first ResNet block at full
-    resolution normalises a 512-channel input, and SpatialNorm's GN(x) * scale + shift keeps x, GN(x), scale, shift,
-    the product and the sum alive: 6 x 5 x 512 x 512 x 512 x 4 B = 15 GiB."""
+    """The official 1.1 temporal MoVQ decoding a clip of 5 frames at 512x512 (fp32). At inference the latent
+    modulation, SiLU, blends and residual sum work in place, so a full-resolution ResNet block holds three
+    512-channel tensors at most -- its input (the shortcut), the normalised activations and the convolution's
+    output: 3 x 5 x 512 x 512 x 512 x 4 B = 7.5 GiB (out of place it was six, 15 GiB)."""
     from fusionframes.bench import release_config
     from fusionframes.checkpoints import build_model
 
@@ -268,8 +269,8 @@ def test_official_temporal_decoder_clip_peak_by_hand():
     m = me.measure(lambda: movq.decode(latents[:5]), exclude=[*movq.parameters(), *movq.buffers()], inputs=[latents],
                    modules={"video_movq": movq})
     full = 5 * 512 * 512 * 512 * 4
-    assert 6 * full <= m.peak <= 6 * full + 64 * 2**20
-    assert m.peak_module == "video_movq.decoder.up.0.block.0.norm1"
+    assert 3 * full <= m.peak <= 3 * full + 64 * 2**20
+    assert m.peak_module.startswith("video_movq.decoder.up.0.block.")
 
 
 def _stage(stage: str, models: list[str], activation: int) -> me.StageMemory:
