@@ -57,6 +57,7 @@ from .errors import InputError
 from .fast_samplers import OFFICIAL_STEPS
 from .flops import FlopCount, count_flops, mfu, peak_tflops
 from .guidance import TextCondition
+from .memory_format import use_channels_last
 from .movq import official_clip_frames
 from .noise import SeededNoise
 from .text_encoder import FLAN_UL2_CONFIG, TextProjection, encode_prompt
@@ -221,14 +222,6 @@ def _materialise(model: nn.Module, device: torch.device, dtype: torch.dtype, see
     return model.eval().requires_grad_(False)
 
 
-def _channels_last(model: nn.Module) -> nn.Module:
-    """channels_last for every 4-D parameter (Module.to(memory_format=...) refuses the 5-D temporal convs)."""
-    for param in model.parameters():
-        if param.dim() == 4:
-            param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 @dataclass
 class ModelSet:
     """The models of one release in one mode, and the dtypes they were built with."""
@@ -305,7 +298,7 @@ def build_models(release: str, size: str, device: torch.device | str, mode: str 
         projection = _materialise(projection, device, torch.float32, seed + number + 1)
     if mode == "fast":
         for model in (*unets.values(), *movqs.values()):
-            _channels_last(model)
+            use_channels_last(model)
     models = ModelSet(unets, movqs, t5, projection)
     for name, model in models.all().items():
         params = list(model.parameters())

@@ -7,19 +7,6 @@ from comfy_api.latest import io
 from .types import CATEGORY, Conditioning, TextConditioning, TextEncoderModel
 
 
-def check_unicode(text: str, what: str) -> None:
-    """The tokenizer takes UTF-8 only: a lone surrogate (possible in JSON sent to /prompt) is a clear error here, not
-    a C++ cast error from inside sentencepiece."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        bad = error.object[error.start:error.end]
-        raise ValueError(
-            f"FusionFrames Text Encode: the {what} holds {bad!r} at character {error.start}, which is not valid "
-            "Unicode text (a lone UTF-16 surrogate); remove it, or send the text as proper UTF-8."
-        ) from None
-
-
 class TextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -45,9 +32,6 @@ class TextEncode(io.ComfyNode):
         text_encoder.load()
         encoder = text_encoder.options["encoder"]
         negative = negative_prompt if negative_prompt.strip() and text_encoder.release == "1.0" else None
-        check_unicode(prompt, "prompt")
-        if negative is not None:
-            check_unicode(negative, "negative prompt")
         encoded = encoder.encode(prompt, negative)
         result = TextConditioning(
             release=text_encoder.release,
