@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .configs import MODEL_KINDS, RELEASES
 from .errors import FusionFramesError
+from .models.configs import MODEL_KINDS, RELEASES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,9 +53,9 @@ def _progress_printer():
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import VideoPipeline, VideoRequest
-    from .placement import Placement
-    from .video_io import load_image, write_video
+    from .io.video import load_image, write_video
+    from .runtime.pipeline import VideoPipeline, VideoRequest
+    from .runtime.placement import Placement
 
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     text_device = Placement.parse(args.placement, args.device).device("text")
@@ -88,7 +88,7 @@ def _default_text_encoder(models: Path) -> Path:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoints import convert, inspect
+    from .io.checkpoints import convert, inspect
 
     count = convert(args.source, args.destination)
     info = inspect(args.destination)
@@ -97,15 +97,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .checkpoints import official_manifest
+    from .io.checkpoints import official_manifest
 
     sys.stdout.write("\n".join(official_manifest(args.release, args.model)) + "\n")
     return 0
 
 
 def cmd_check_parity(args: argparse.Namespace) -> int:
-    from .parity.fixtures import list_cases
-    from .parity.report import run_all
+    from .tools.parity.fixtures import list_cases
+    from .tools.parity.report import run_all
 
     root = Path(args.fixtures)
     if not (root / "cases").is_dir():
@@ -115,7 +115,7 @@ def cmd_check_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo_models import create_demo_models
+    from .tools.demo_models import create_demo_models
 
     root = create_demo_models(Path(args.models_dir))
     print("!" * 78)
@@ -128,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_temporal(args: argparse.Namespace) -> int:
-    from .training import TrainingConfig, train_temporal
+    from .tools.training import TrainingConfig, train_temporal
 
     config = TrainingConfig(
         checkpoint=Path(args.checkpoint), videos=Path(args.videos), output=Path(args.out), variant=args.variant,
@@ -153,13 +153,13 @@ def cmd_train_temporal(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_from_args
+    from .tools.bench import run_from_args
 
     return run_from_args(args)
 
 
 def cmd_estimate_memory(args: argparse.Namespace) -> int:
-    from .memory_estimate import run
+    from .tools.memory_estimate import run
 
     return run(args)
 
@@ -256,13 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--case", action="append", help="only this case (repeatable)")
     parity.set_defaults(run=cmd_check_parity)
 
-    from .bench import add_arguments as add_bench_arguments
+    from .tools.bench import add_arguments as add_bench_arguments
 
     bench = commands.add_parser("bench", help="time every stage with random weights: seconds, peak memory, FLOPs, MFU")
     add_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
 
-    from .memory_estimate import add_arguments as add_estimate_arguments
+    from .tools.memory_estimate import add_arguments as add_estimate_arguments
 
     estimate = commands.add_parser("estimate-memory", help="peak GPU memory of every stage and workflow, estimated "
                                                            "on the CPU by running the stages on the meta device")

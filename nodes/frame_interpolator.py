@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..fusionframes import stages
-from ..fusionframes.fast_samplers import SAMPLERS
-from ..fusionframes.noise import SeededNoise
-from ..fusionframes.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
+from ..fusionframes.runtime import stages
+from ..fusionframes.runtime.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
+from ..fusionframes.sampling.fast import SAMPLERS
+from ..fusionframes.sampling.noise import SeededNoise
 from . import comfy_models as cm
 from .keyframe_sampler import stage_steps, text_condition
 from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent

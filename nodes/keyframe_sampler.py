@@ -10,10 +10,10 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
-from ..fusionframes import stages
-from ..fusionframes.fast_samplers import SAMPLERS, make_schedule
-from ..fusionframes.guidance import TextCondition
-from ..fusionframes.noise import SeededNoise
+from ..fusionframes.runtime import stages
+from ..fusionframes.sampling.fast import SAMPLERS, make_schedule
+from ..fusionframes.sampling.guidance import TextCondition
+from ..fusionframes.sampling.noise import SeededNoise
 from . import comfy_models as cm
 from .types import CATEGORY, Conditioning, KeyframeModel, MoVQModel, TextConditioning, make_latent
 

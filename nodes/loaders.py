@@ -7,10 +7,10 @@ import os
 from comfy_api.latest import io
 from torch import nn
 
-from ..fusionframes.checkpoints import inspect, load_model
-from ..fusionframes.configs import load_release_config
-from ..fusionframes.memory_format import prefers_channels_last, use_channels_last
-from ..fusionframes.text_encoder import TextEncoder
+from ..fusionframes.io.checkpoints import inspect, load_model
+from ..fusionframes.models.configs import load_release_config
+from ..fusionframes.models.text.encoder import TextEncoder
+from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
 from . import comfy_models as cm
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
 

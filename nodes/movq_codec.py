@@ -6,8 +6,8 @@ import math
 
 from comfy_api.latest import io
 
-from ..fusionframes import stages
-from ..fusionframes.movq import Tiles, encode_frames, official_clip_frames
+from ..fusionframes.models.movq.model import Tiles, encode_frames, official_clip_frames
+from ..fusionframes.runtime import stages
 from . import comfy_models as cm
 from .types import CATEGORY, MoVQModel, latent_frames, latent_info, make_latent
 

@@ -6,7 +6,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..fusionframes.errors import FusionFramesError
-from ..fusionframes.temporal_variants import CHOICES, resolve_variant, temporal_strength
+from ..fusionframes.models.temporal.selection import CHOICES, resolve_variant, temporal_strength
 from . import comfy_models as cm
 from .types import CATEGORY, KeyframeModel
 

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusionframes.demo_models import create_demo_models
-from fusionframes.video_io import write_video
+from fusionframes.io.video import write_video
+from fusionframes.tools.demo_models import create_demo_models
 from tests.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host
 
 

@@ -24,7 +24,7 @@ def golden() -> Path:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's tiny demo models (random weights, official file layouts), made once per test session."""
-    from fusionframes.demo_models import create_demo_models
+    from fusionframes.tools.demo_models import create_demo_models
 
     return create_demo_models(tmp_path_factory.mktemp("demo"), seed=0)
 

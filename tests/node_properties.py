@@ -102,7 +102,7 @@ def prepare_base() -> Path:
     runs at once must not copy into each other)."""
     import fcntl
 
-    from fusionframes.demo_models import create_demo_models
+    from fusionframes.tools.demo_models import create_demo_models
 
     HOST_DIR.mkdir(parents=True, exist_ok=True)
     with open(HOST_DIR / ".base_properties.lock", "w") as lock:
@@ -582,7 +582,7 @@ def _sampler_choice():
 
 
 def official_keyframes(release: str) -> int:
-    from fusionframes.demo_models import KEYFRAMES_10
+    from fusionframes.tools.demo_models import KEYFRAMES_10
 
     return KEYFRAMES_10 if release == "1.0" else 12
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusionframes.bench import count_stage_flops
 from fusionframes.cli import main
-from fusionframes.flops import attention_flops, conv_flops, count_flops, linear_flops, mfu, peak_tflops
+from fusionframes.tools.bench import count_stage_flops
+from fusionframes.tools.flops import attention_flops, conv_flops, count_flops, linear_flops, mfu, peak_tflops
 
 STAGES = {
     "1.1": ["text", "first_frame", "key_frame", "keyframes", "interpolation1", "decode"],
@@ -62,7 +62,7 @@ def test_report_has_every_stage_in_both_modes(report):
 
 def test_table_is_printed(report, capsys):
     # the module fixture printed its table before this test's capture began; print it again from the report
-    from fusionframes.bench import format_table
+    from fusionframes.tools.bench import format_table
 
     table = format_table(report["runs"][0])
     for stage in STAGES["1.1"]:

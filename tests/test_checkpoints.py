@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from fusionframes.checkpoints import convert, inspect, load_model, read_checkpoint
 from fusionframes.errors import CheckpointError
+from fusionframes.io.checkpoints import convert, inspect, load_model, read_checkpoint
 
 FILES = [
     ("k10/kandinsky_video.pt", "1.0", "keyframe"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusionframes.video_io import read_video
+from fusionframes.io.video import read_video
 from tests.comfy_host import execution_error, output_items, pack_nodes
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionframes.checkpoints import inspect, load_model, read_checkpoint
-from fusionframes.demo_models import (
+from fusionframes.io.checkpoints import inspect, load_model, read_checkpoint
+from fusionframes.tools.demo_models import (
     CONTEXT_DIM_10,
     CONTEXT_DIM_11,
     DEMO_FILES,

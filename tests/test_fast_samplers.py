@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from fusionframes import stages
 from fusionframes.errors import InputError
-from fusionframes.fast_samplers import (
+from fusionframes.runtime import stages
+from fusionframes.sampling.fast import (
     OFFICIAL_STEPS,
     PREDICTIONS,
     SAMPLERS,
@@ -20,9 +20,9 @@ from fusionframes.fast_samplers import (
     K11NoiseLevels,
     make_schedule,
 )
-from fusionframes.noise import NoiseSource, SeededNoise
-from fusionframes.sampling import sample
-from fusionframes.schedules import K10Schedule, K11Schedule
+from fusionframes.sampling.loop import sample
+from fusionframes.sampling.noise import NoiseSource, SeededNoise
+from fusionframes.sampling.schedules import K10Schedule, K11Schedule
 
 MU, STD = 0.3, 0.5  # the data distribution N(MU, STD^2), per element
 SHAPE = (1, 4, 64, 64)
@@ -214,7 +214,7 @@ def test_thresholding_options():
 
 
 def test_official_sampler_is_the_stage_schedule():
-    """make_schedule(..., "official") is exactly what fusionframes.stages builds; the stages themselves never see a
+    """make_schedule(..., "official") is exactly what runtime.stages builds; the stages themselves never see a
     fast sampler (their default path is unchanged)."""
     assert make_schedule.__defaults__[0] == "official"
     pairs = [

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fusionframes.pipeline import VideoPipeline, VideoRequest
+from fusionframes.runtime.pipeline import VideoPipeline, VideoRequest
 
 
 class Interrupted(Exception):

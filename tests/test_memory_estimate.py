@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fusionframes import memory_estimate as me
-from fusionframes.bench import BenchSettings, _mode_context, _Pipeline, _run_limited, build_models
+from fusionframes.tools import memory_estimate as me
+from fusionframes.tools.bench import BenchSettings, _mode_context, _Pipeline, _run_limited, build_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -259,8 +259,8 @@ def test_official_temporal_decoder_clip_peak_by_hand():
     modulation, SiLU, blends and residual sum work in place, so a full-resolution ResNet block holds three
     512-channel tensors at most -- its input (the shortcut), the normalised activations and the convolution's
     output: 3 x 5 x 512 x 512 x 512 x 4 B = 7.5 GiB (out of place it was six, 15 GiB)."""
-    from fusionframes.bench import release_config
-    from fusionframes.checkpoints import build_model
+    from fusionframes.io.checkpoints import build_model
+    from fusionframes.tools.bench import release_config
 
     config = release_config("1.1", "official").video_movq
     with torch.device("meta"):

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusionframes.checkpoints import load_model
-from fusionframes.configs import MoVQConfig, load_release_config, official_config
 from fusionframes.errors import ConfigError, InputError
-from fusionframes.manifest import manifest_lines
-from fusionframes.movq import MoVQ, Tiles, decode_video, encode_frames, official_clip_frames
-from fusionframes.parity.fixtures import Comparison, load_case
+from fusionframes.io.checkpoints import load_model
+from fusionframes.io.manifest import manifest_lines
+from fusionframes.models.configs import MoVQConfig, load_release_config, official_config
+from fusionframes.models.movq.model import MoVQ, Tiles, decode_video, encode_frames, official_clip_frames
+from fusionframes.tools.parity.fixtures import Comparison, load_case
 
 FIXTURES = [
     # case, release, config section, model file

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fusionframes import sampling, stages
-from fusionframes.noise import SeededNoise
-from fusionframes.pipeline import VideoPipeline, VideoRequest
-from fusionframes.schedules import K11Schedule
+from fusionframes.runtime import stages
+from fusionframes.runtime.pipeline import VideoPipeline, VideoRequest
+from fusionframes.sampling import loop as sampling
+from fusionframes.sampling.noise import SeededNoise
+from fusionframes.sampling.schedules import K11Schedule
 
 SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
            torch.ops.aten.is_nonzero.default, torch.ops.aten.masked_select.default}

@@ -5,12 +5,12 @@ import logging
 import pytest
 import torch
 
-from fusionframes import stages
-from fusionframes.checkpoints import load_model
 from fusionframes.errors import OutOfMemory
-from fusionframes.guidance import TextCondition
-from fusionframes.movq import Tiles, decode_video
-from fusionframes.noise import SeededNoise
+from fusionframes.io.checkpoints import load_model
+from fusionframes.models.movq.model import Tiles, decode_video
+from fusionframes.runtime import stages
+from fusionframes.sampling.guidance import TextCondition
+from fusionframes.sampling.noise import SeededNoise
 
 
 def _fails_above(module, limit: int):

@@ -7,8 +7,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from fusionframes.cli import main
-from fusionframes.parity.checks import run_case
-from fusionframes.parity.fixtures import list_cases
+from fusionframes.tools.parity.checks import run_case
+from fusionframes.tools.parity.fixtures import list_cases
 from tests.conftest import golden_dir
 
 SLOW = {"k10_sampling", "k11_sampling", "k11_pipeline_t2v_medium", "k11_pipeline_i2v_high"}

@@ -7,8 +7,8 @@ from PIL import Image
 
 from fusionframes.cli import main
 from fusionframes.errors import InputError
-from fusionframes.pipeline import VideoPipeline, VideoRequest
-from fusionframes.video_io import read_video
+from fusionframes.io.video import read_video
+from fusionframes.runtime.pipeline import VideoPipeline, VideoRequest
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +98,8 @@ def test_cli_keys_prints_the_official_manifest(golden, capsys):
 
 
 def test_interpolation_needs_two_frames(pipeline_10):
-    from fusionframes import stages
-    from fusionframes.noise import SeededNoise
+    from fusionframes.runtime import stages
+    from fusionframes.sampling.noise import SeededNoise
 
     unet = pipeline_10.models["interpolation"].model
     with pytest.raises(InputError, match="at least 2 latent frames"):
@@ -107,8 +107,8 @@ def test_interpolation_needs_two_frames(pipeline_10):
 
 
 def test_unknown_release_is_a_clear_error():
-    from fusionframes.configs import official_config
     from fusionframes.errors import ConfigError
+    from fusionframes.models.configs import official_config
 
     with pytest.raises(ConfigError, match="unknown release '2.0'"):
         official_config("2.0")
@@ -132,7 +132,7 @@ def test_faster_sampler_is_an_option_never_the_default(demo):
 
 
 def test_placement_names_each_stage_device_and_refuses_what_is_not_there(monkeypatch):
-    from fusionframes.placement import Placement
+    from fusionframes.runtime.placement import Placement
 
     placement = Placement.parse("text=cpu, movq=cpu", "cpu")
     assert placement.device("video_movq") == placement.device("keyframe") == torch.device("cpu")

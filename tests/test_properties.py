@@ -10,14 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusionframes import stages
-from fusionframes.checkpoints import load_model
-from fusionframes.configs import load_release_config
 from fusionframes.errors import FusionFramesError
-from fusionframes.guidance import TextCondition
-from fusionframes.movq import decode_video, encode_frames
-from fusionframes.noise import SeededNoise
-from fusionframes.text_encoder import TextEncoder
+from fusionframes.io.checkpoints import load_model
+from fusionframes.models.configs import load_release_config
+from fusionframes.models.movq.model import decode_video, encode_frames
+from fusionframes.models.text.encoder import TextEncoder
+from fusionframes.runtime import stages
+from fusionframes.sampling.guidance import TextCondition
+from fusionframes.sampling.noise import SeededNoise
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 sizes = st.one_of(st.integers(-128, 140), st.sampled_from([64, 128]))

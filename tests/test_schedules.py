@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from fusionframes.errors import InputError
-from fusionframes.noise import NoiseSource, RecordedNoise, SeededNoise
-from fusionframes.parity.fixtures import Case, Comparison, load_case
-from fusionframes.sampling import noise_role, sample
-from fusionframes.schedules import (
+from fusionframes.sampling.loop import noise_role, sample
+from fusionframes.sampling.noise import NoiseSource, RecordedNoise, SeededNoise
+from fusionframes.sampling.schedules import (
     K10Schedule,
     K11Schedule,
     _official_k11_alphas_cumprod,
@@ -23,6 +22,7 @@ from fusionframes.schedules import (
     cfg3,
     k11_alphas_cumprod,
 )
+from fusionframes.tools.parity.fixtures import Case, Comparison, load_case
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,7 +291,8 @@ def test_k11_frozen_table_is_what_torch_computes_on_mkl_sse42():
     """The frozen table is diffusers' formula evaluated by plain torch with MKL forced onto its SSE4.2 path."""
     code = (
         "import torch, sys\n"
-        "from fusionframes.schedules import cosine_betas, _rescale_zero_terminal_snr, _official_k11_alphas_cumprod\n"
+        "from fusionframes.sampling.schedules import (cosine_betas, _rescale_zero_terminal_snr,\n"
+        "    _official_k11_alphas_cumprod)\n"
         "b = cosine_betas(1000); a = 1.0 - b; s = torch.cumprod(a, 0).sqrt(); s0 = s[0].clone(); sT = s[-1].clone()\n"
         "s -= sT; s *= s0 / (s0 - sT); ab = s ** 2\n"
         "al = torch.cat([ab[0:1], ab[1:] / ab[:-1]]); ac = torch.cumprod(1.0 - (1 - al), 0)\n"

@@ -8,19 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionframes.checkpoints import load_model
-from fusionframes.configs import official_config
 from fusionframes.errors import CheckpointError, InputError
-from fusionframes.interpolation_unet import InterpolationUNet11
-from fusionframes.keyframe_unet import KeyframeUNet10, KeyframeUNet11
-from fusionframes.temporal_blocks import (
+from fusionframes.io.checkpoints import load_model
+from fusionframes.models.configs import official_config
+from fusionframes.models.temporal.layers import (
     KeyframeTemporalAttentionBlock,
     TemporalConv3dResNetBlock,
     TemporalResNetBlock,
     TemporalState,
     WindowTemporalAttentionBlock,
 )
-from fusionframes.temporal_variants import (
+from fusionframes.models.temporal.selection import (
     VARIANTS,
     detect_variant,
     make_design,
@@ -30,7 +28,9 @@ from fusionframes.temporal_variants import (
     temporal_layers,
     variant_of,
 )
-from fusionframes.training import save_checkpoint
+from fusionframes.models.unet.interpolation import InterpolationUNet11
+from fusionframes.models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
+from fusionframes.tools.training import save_checkpoint
 
 DEMO_FILES = {"1.0": "k10/kandinsky_video.pt", "1.1": "k11/t2v.pt"}
 FRAMES = 3

@@ -10,11 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fusionframes.configs import load_release_config
 from fusionframes.errors import CheckpointError, InputError
-from fusionframes.fp8_weights import Float8Linear
-from fusionframes.parity.fixtures import Comparison, load_case
-from fusionframes.text_encoder import (
+from fusionframes.models.configs import load_release_config
+from fusionframes.models.fp8_weights import Float8Linear
+from fusionframes.models.text.encoder import (
     FLAN_UL2_CONFIG,
     PromptTokenizer,
     TextEncoder,
@@ -24,6 +23,7 @@ from fusionframes.text_encoder import (
     load_t5_encoder,
     official_t5_dtype,
 )
+from fusionframes.tools.parity.fixtures import Comparison, load_case
 
 PROJECTION_FILES = {"1.0": "models/k10/kandinsky_video.pt", "1.1": "models/k11/t5_projections.pt"}
 CONFIG_FILES = {"1.0": "models/k10/configs.json", "1.1": "models/k11/configs.json"}

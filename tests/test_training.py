@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fusionframes.checkpoints import load_model, read_checkpoint
 from fusionframes.cli import main
 from fusionframes.errors import CheckpointError, InputError
-from fusionframes.temporal_variants import temporal_layers
-from fusionframes.training import TrainingConfig, train_temporal
-from fusionframes.video_io import write_video
+from fusionframes.io.checkpoints import load_model, read_checkpoint
+from fusionframes.io.video import write_video
+from fusionframes.models.temporal.selection import temporal_layers
+from fusionframes.tools.training import TrainingConfig, train_temporal
 
 SIZE = 32  # pixels; the demo U-Net's latents are 4x4
 VIDEO_FRAMES = 12

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fusionframes.checkpoints import load_model, official_manifest
 from fusionframes.errors import InputError
+from fusionframes.io.checkpoints import load_model, official_manifest
 
 MANIFESTS = [
     ("1.0", "keyframe", "k10_unet"),

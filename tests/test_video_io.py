@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fusionframes.errors import InputError
-from fusionframes.video_io import frames_to_uint8, load_image, read_video, write_video
+from fusionframes.io.video import frames_to_uint8, load_image, read_video, write_video
 
 
 def _moving_gradient(count: int, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""The Kandinsky-3 U-Net skeleton: levels built from a config and a temporal design, and the shared forward path.
+
+Subclasses (keyframe and interpolation models of both releases) register their top-level modules in the official
+order, so their state dicts match the checkpoints key for key.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..configs import UNetConfig
+from ..temporal.designs import TemporalDesign
+from ..temporal.layers import TemporalState
+from .blocks import DownSampleBlock, LevelSettings, UpSampleBlock
+
+
+class KandinskyUNet(nn.Module):
+    """Base of the video U-Nets. Subclasses call the ``_build_*`` helpers in the official registration order."""
+
+    config: UNetConfig
+    design: TemporalDesign
+
+    def _build_levels(self, config: UNetConfig, design: TemporalDesign) -> None:
+        dims = config.hidden_dims
+        pairs = list(zip(dims[:-1], dims[1:]))
+        levels = len(pairs)
+        context_dims = [config.context_dim if cross else None for cross in config.add_cross_attention]
+
+        def settings(level: int) -> LevelSettings:
+            return LevelSettings(
+                config.time_embed_dim, context_dims[level], config.num_blocks[level], config.groups,
+                config.head_dim, config.expansion_ratio, config.compression_ratio,
+                config.add_self_attention[level], design, level,
+            )
+
+        self.down_samples = nn.ModuleList(
+            DownSampleBlock(c_in, c_out, settings(level), down_sample=level != levels - 1)
+            for level, (c_in, c_out) in enumerate(pairs)
+        )
+        skip_widths = [c_out for c_in, c_out in pairs[:-1]] + [0]
+        ups = []
+        for step, level in enumerate(reversed(range(levels))):
+            c_out, c_in = pairs[level]
+            ups.append(UpSampleBlock(c_in, skip_widths[level], c_out, settings(level), up_sample=step != 0))
+        self.up_samples = nn.ModuleList(ups)
+
+    def _build_out_layer(self, config: UNetConfig) -> None:
+        self.out_layer = nn.Sequential(
+            nn.GroupNorm(config.groups, config.stem_channels),
+            nn.SiLU(),
+            nn.Conv2d(config.stem_channels, config.out_channels, kernel_size=3, padding=1),
+        )
+
+    def _run_levels(
+        self,
+        x: torch.Tensor,
+        time_embed: torch.Tensor,
+        context: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        state: TemporalState | None,
+    ) -> torch.Tensor:
+        skips = []
+        for level, down in enumerate(self.down_samples):
+            x = down(x, time_embed, context, mask, state)
+            if level != len(self.down_samples) - 1:
+                skips.append(x)
+        for step, up in enumerate(self.up_samples):
+            if step != 0:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = up(x, time_embed, context, mask, state)
+        return self.out_layer(x)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.in_layer.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.in_layer.weight.device

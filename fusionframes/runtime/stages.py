@@ -1,0 +1,285 @@
+"""The pipeline's stages, each a function from tensors to tensors, usable alone (ComfyUI nodes call them one by one).
+
+Sampling stages take their noise from a ``NoiseSource`` under a named phase, so a whole video is reproducible
+from one seed and a parity fixture can replay the official noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..models.movq.model import MoVQ, Tiles, decode_video
+from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
+from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
+from ..sampling import guidance
+from ..sampling.fast import make_schedule
+from ..sampling.loop import OnStep, initial_noise, sample
+from ..sampling.noise import NoiseSource
+from ..sampling.schedules import K11Schedule
+from .out_of_memory import explain_out_of_memory
+
+#: 1.1 step counts and skip-frame values are fixed by the official pipeline
+FIRST_FRAME_STEPS = 50
+KEYFRAME_STEPS_11 = 50
+INTERPOLATION_STEPS_11 = 10
+SKIP_FRAMES = {1: 3, 2: 1}
+MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
+#: 1.0 frame positions span this many source frames (positions 0, 12, ..., 168 for 15 keyframes)
+VIDEO_LENGTH_10 = 180
+LATENT_SCALE = 8
+#: the paper's keyframe rate; every interpolation pass puts 3 frames between two, i.e. 4x the rate
+KEYFRAME_FPS = 2.0
+FPS_GAIN_PER_PASS = 4
+
+
+#: larger frames would not fit any device (the official models were trained at 512x512)
+MAX_SIDE = 4096
+
+
+def check_size(width: int, height: int) -> None:
+    if isinstance(width, bool) or isinstance(height, bool) or not isinstance(width, int) or not isinstance(height, int):
+        raise InputError(f"width and height must be integers, got {width!r} x {height!r}.")
+    if width <= 0 or height <= 0 or width % 64 or height % 64:
+        raise InputError(f"width and height must be positive multiples of 64, got {width}x{height}.")
+    if max(width, height) > MAX_SIDE:
+        raise InputError(f"width and height must be at most {MAX_SIDE}, got {width}x{height}.")
+
+
+def check_guidance(**weights: float) -> None:
+    """Guidance weights must be finite numbers (NaN or infinity would silently give a NaN video)."""
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value!r}.")
+
+
+def check_frames(count: object, minimum: int, what: str) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or count < minimum:
+        raise InputError(f"{what} must be an integer of at least {minimum}, got {count!r}.")
+    return count
+
+
+def latent_shape(frames: int, height: int, width: int, channels: int = 4) -> tuple[int, int, int, int]:
+    check_size(width, height)
+    return frames, channels, height // LATENT_SCALE, width // LATENT_SCALE
+
+
+def positions_10(num_frames: int) -> torch.Tensor:
+    """1.0 frame positions: evenly spaced over 180 source frames (official: 0, 12, ..., 168 for 15)."""
+    return torch.arange(num_frames) * (VIDEO_LENGTH_10 // num_frames)
+
+
+def interleave(keyframes: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """N keyframes + (N-1) groups of 3 frames (12 channels) -> 4N-3 frames: frame 4i = keyframe i, 4i+1.. = group i."""
+    count, channels = keyframes.shape[:2]
+    if groups.shape[0] != count - 1 or groups.shape[1] != 3 * channels:
+        raise InputError(f"cannot interleave {count} keyframes with groups of shape {tuple(groups.shape)}.")
+    middle = groups.reshape(count - 1, 3, channels, *groups.shape[2:])
+    video = torch.zeros(4 * count - 3, channels, *keyframes.shape[2:], dtype=torch.float32, device=keyframes.device)
+    video[0::4] = keyframes.float()
+    for offset in range(3):
+        video[offset + 1::4] = middle[:, offset].float()
+    return video
+
+
+def _advice(width: int, height: int, frames: int | None, what: str) -> str:
+    count = f", the number of {what} ({frames})" if frames else ""
+    return (f"lower width/height ({width}x{height}){count}, load the model in bf16/fp16, or free device memory "
+            "(in ComfyUI: unload other models).")
+
+
+def _latent_advice(latents: torch.Tensor) -> str:
+    height, width = (LATENT_SCALE * s for s in latents.shape[-2:])
+    return (f"lower the resolution ({width}x{height}) or the number of frames ({latents.shape[0]}), load the model "
+            "in bf16/fp16, or free device memory.")
+
+
+def _check_keyframes(latents: torch.Tensor) -> None:
+    if latents.dim() != 4 or latents.shape[0] < 2:
+        raise InputError(f"interpolation needs at least 2 latent frames (N, 4, h, w), got {tuple(latents.shape)}.")
+
+
+def sample_keyframes_10(
+    unet: KeyframeUNet10,
+    text: guidance.TextCondition,
+    height: int,
+    width: int,
+    noise: NoiseSource,
+    *,
+    steps: int = 50,
+    guidance_scale: float = 5.0,
+    num_frames: int | None = None,
+    negative: guidance.TextCondition | None = None,
+    on_step: OnStep | None = None,
+    sampler: str = "official",
+) -> torch.Tensor:
+    """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding.
+
+    ``sampler``: "official" (the default, exactly the official DDPM) or a faster option of ``fast_samplers``."""
+    num_frames = check_frames(num_frames or unet.config.num_frames or 15, 1, "the number of keyframes")
+    check_guidance(guidance_scale=guidance_scale)
+    schedule = make_schedule("1.0", "keyframes", sampler, steps)
+    denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale, negative)
+    with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
+        return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
+                      device=unet.device, on_step=on_step)
+
+
+def interpolate_10(
+    unet: InterpolationUNet10,
+    keyframes: torch.Tensor,
+    noise: NoiseSource,
+    *,
+    steps: int = 50,
+    guidance_scale: float = 0.25,
+    skip_frames: int = 3,
+    phase: str = "interpolation",
+    on_step: OnStep | None = None,
+    sampler: str = "official",
+) -> torch.Tensor:
+    """1.0 interpolation pass: 3 frames between every pair; returns the groups (N-1, 12, h, w)."""
+    _check_keyframes(keyframes)
+    check_guidance(guidance_scale=guidance_scale)
+    schedule = make_schedule("1.0", "interpolation", sampler, steps)
+    denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
+    shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
+    with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
+
+
+def sample_first_frame_11(
+    unet: KeyframeUNet11,
+    text: guidance.TextCondition,
+    height: int,
+    width: int,
+    noise: NoiseSource,
+    *,
+    guidance_scale: float = 5.0,
+    on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
+) -> torch.Tensor:
+    """1.1 first frame: image mode at twice the target resolution (latent (1, 4, H/4, W/4)), as the official code.
+
+    ``steps`` None = the official 50; other counts need a ``sampler`` other than "official"."""
+    check_size(width, height)
+    check_guidance(guidance_scale=guidance_scale)
+    schedule = make_schedule("1.1", "first_frame", sampler, steps)
+    denoise = guidance.first_frame_11(unet, text, guidance_scale)
+    shape = (1, 4, height // (LATENT_SCALE // 2), width // (LATENT_SCALE // 2))
+    with explain_out_of_memory("sampling the first frame (at twice the video's resolution)",
+                               _advice(width, height, None, "")):
+        return sample(schedule, denoise, shape, noise, "first_frame", device=unet.device, on_step=on_step)
+
+
+def _to_uint8_image(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> PIL, with the official truncating 8-bit conversion."""
+    pixels = ((image.float().clamp(-1, 1) + 1) / 2).clamp(0, 1) * 255
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale down by max(1, min(w/W, h/H)) (PIL bicubic) and centre-crop to W x H, black where the image is smaller."""
+    check_size(width, height)
+    image = image.convert("RGB")
+    factor = max(1.0, min(image.width / width, image.height / height))
+    resized = image.resize((round(image.width / factor), round(image.height / factor)), Image.BICUBIC)
+    left, top = (resized.width - width) / 2, (resized.height - height) / 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def encode_image(movq: MoVQ, image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """An image -> the key-frame latent (4, H/8, W/8) for image-to-video."""
+    fitted = np.asarray(fit_image(image, width, height), dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None] * 2 - 1
+    return movq.encode(pixels)[0].float()
+
+
+def first_frame_to_key_frame(movq: MoVQ, first_frame: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The 1.1 text-to-video round trip: decode the 2x first frame, 8-bit, resize/crop, re-encode."""
+    image = _to_uint8_image(movq.decode(first_frame)[0])
+    return encode_image(movq, image, width, height)
+
+
+def sample_keyframes_11(
+    unet: KeyframeUNet11,
+    text: guidance.TextCondition,
+    key_frame: torch.Tensor,
+    noise: NoiseSource,
+    *,
+    num_frames: int = 12,
+    guidance_text: float = 5.0,
+    guidance_image: float = 2.0,
+    noise_augmentation: int = 20,
+    motion_score: int = MOTION_SCORES["medium"],
+    on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
+) -> torch.Tensor:
+    """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation
+    (always on the official training schedule, whichever ``sampler`` samples)."""
+    check_frames(num_frames, 2, "the number of 1.1 keyframes")
+    check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
+    if isinstance(noise_augmentation, bool) or not isinstance(noise_augmentation, int) or \
+            not 0 <= noise_augmentation < 1000:
+        raise InputError(f"noise augmentation must be in [0, 999], got {noise_augmentation}.")
+    schedule = make_schedule("1.1", "keyframes", sampler, steps)
+    training = K11Schedule(KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
+    shape = (num_frames, *key_frame.shape)
+    x_init = initial_noise(noise, "keyframes", shape)
+    augmentation = noise.uniform("keyframes", "noise_aug", tuple(key_frame.shape))
+    augmented = training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
+    denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
+                                    noise_augmentation, motion_score)
+    height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
+    with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
+        return sample(schedule, denoise, shape, noise, "keyframes", device=unet.device, x_init=x_init,
+                      on_step=on_step)
+
+
+def interpolate_11(
+    unet: InterpolationUNet11,
+    text: guidance.TextCondition,
+    keyframes: torch.Tensor,
+    noise: NoiseSource,
+    *,
+    guidance_scale: float = 0.5,
+    skip_frames: int = 3,
+    phase: str = "interpolation",
+    on_step: OnStep | None = None,
+    sampler: str = "official",
+    steps: int | None = None,
+) -> torch.Tensor:
+    """1.1 interpolation pass: 10 trailing v-prediction steps; returns the groups (N-1, 12, h, w)."""
+    _check_keyframes(keyframes)
+    check_guidance(guidance_scale=guidance_scale)
+    schedule = make_schedule("1.1", "interpolation", sampler, steps)
+    denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)
+    shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
+    with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
+
+
+def decode_frames(
+    movq: MoVQ, latents: torch.Tensor, *, clip_frames: int | None = None,
+    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
+) -> torch.Tensor:
+    """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips (and in
+    spatial ``tiles`` when given)."""
+    images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def official_clip_count(num_frames: int) -> int:
+    return max(1, num_frames // 4)
+
+
+def fps_for(passes: int, base_fps: float = KEYFRAME_FPS) -> float:
+    """Playback rate after ``passes`` interpolation passes: 3 frames between every two is 4x the rate
+    (keyframes 2 fps -> 8 -> 32 fps)."""
+    return base_fps * FPS_GAIN_PER_PASS ** passes
