@@ -288,19 +288,22 @@ def test_k11_frozen_table_is_the_formula_up_to_rounding():
     reason="provenance of the frozen table needs torch's MKL on x86-64",
 )
 def test_k11_frozen_table_is_what_torch_computes_on_mkl_sse42():
-    """The frozen table is diffusers' formula evaluated by plain torch with MKL forced onto its SSE4.2 path."""
+    """The packaged table is diffusers' formula evaluated by plain torch (MKL asked for its SSE4.2 path): equal up to
+    the last bits MKL's vector functions leave open (exactly equal on the Intel SSE4.2 path the fixtures came from;
+    other CPUs dispatch elsewhere and differ by a few ulp)."""
     code = (
         "import torch, sys\n"
-        "from fusionframes.sampling.schedules import (cosine_betas, _rescale_zero_terminal_snr,\n"
-        "    _official_k11_alphas_cumprod)\n"
+        "from fusionframes.sampling.schedules import cosine_betas, _official_k11_alphas_cumprod\n"
         "b = cosine_betas(1000); a = 1.0 - b; s = torch.cumprod(a, 0).sqrt(); s0 = s[0].clone(); sT = s[-1].clone()\n"
         "s -= sT; s *= s0 / (s0 - sT); ab = s ** 2\n"
         "al = torch.cat([ab[0:1], ab[1:] / ab[:-1]]); ac = torch.cumprod(1.0 - (1 - al), 0)\n"
-        "sys.exit(0 if torch.equal(ac, _official_k11_alphas_cumprod()) else 1)\n"
+        "ulps = (ac.view(torch.int32).long() - _official_k11_alphas_cumprod().view(torch.int32).long()).abs()\n"
+        "print(int(ulps.max()))\n"
     )
     env = dict(os.environ, MKL_ENABLE_INSTRUCTIONS="SSE4_2", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert int(result.stdout.decode().split()[-1]) <= 8
 
 
 # ----------------------------------------------------------------------------------------------------------------------

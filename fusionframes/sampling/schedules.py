@@ -29,14 +29,15 @@ evaluated correctly rounded (in double precision, then rounded to float32), so r
 Where a last-bit difference is amplified -- ``1 - alpha_bar`` near 1 at the smallest 1.1 timesteps (catastrophic
 cancellation: 2 ulp of ``alpha_bar[0]`` move ``sqrt(1 - alpha_bar[0])`` by 0.15 %) -- the 1.1 schedule uses the
 official ``alphas_cumprod`` table frozen as the reference code computes it on the SSE4.2 path (the environment the
-golden fixtures were generated in); see ``_K11_ALPHAS_CUMPROD_FP32``.
+golden fixtures were generated in); see ``K11_ALPHAS_CUMPROD_FILE``.
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -373,60 +374,11 @@ class _K11Coefficients:
     std: float  # exp(0.5 * log(max(variance, 1e-20)))
 
 
-# The official 1.1 ``alphas_cumprod`` (1000 steps, squaredcos_cap_v2, zero-terminal-SNR rescale), float32 little endian,
-# base64: diffusers' formula evaluated by torch with MKL on its SSE4.2 code path, the environment the golden fixtures
-# come from. It differs from the correctly rounded evaluation (:func:`k11_alphas_cumprod`) by a few ulp per entry, which
-# matters only near t = 0 (see the module docstring); tests/test_schedules.py checks both against each other.
-_K11_ALPHAS_CUMPROD_FP32 = (
-    "Tv1/P0j6fz/w9n8/RvN/P0zvfz8B638/ZOZ/P3fhfz803H8/o9Z/P8HQfz+Myn8/BcR/PzG9fz8Gtn8/ja5/P8Kmfz+mnn8/O5Z/P3qNfz9qhH8/"
-    "Cnt/P1lxfz9TZ38/AV1/P1tSfz9mR38/Hzx/P4cwfz+cJH8/YBh/P9ULfz/6/n4/zvF+P1Dkfj+D1n4/Y8h+P/S5fj80q34/JJx+P8CMfj8OfX4/"
-    "C21+P7hcfj8UTH4/ITt+P90pfj9GGH4/YwZ+Py/0fT+o4X0/0c59P6+7fT83qH0/c5R9P16AfT/4a30/QVd9P0FCfT/oLH0/RBd9P08BfT8N63w/"
-    "etR8P5q9fD9mpnw/5I58PxR3fD/1Xnw/hkZ8P8ctfD+6FHw/Xft7P7Phez+6x3s/cK17P9mSez/zd3s/vVx7PzlBez9pJXs/SQl7P9rsej8e0Ho/"
-    "EbN6P7mVej8TeHo/HFp6P9o7ej9JHXo/bP55P0HfeT/Gv3k//595P+p/eT+JX3k/2j55P90deT+W/Hg//dp4Pxq5eD/qlng/bnR4P6VReD+PLng/"
-    "LQt4P3/ndz+Gw3c/O593P6Z6dz/GVXc/njB3PyQLdz9i5XY/U792P/mYdj9TcnY/Ykt2PyUkdj+e/HU/ydR1P62sdT9FhHU/j1t1P5AydT9ICXU/"
-    "tt90P9a1dD+ui3Q/PmF0P4E2dD94C3Q/KuBzP5C0cz+tiHM/fVxzPwkwcz9HA3M/PdZyP+uocj9Se3I/bU1yPz8fcj/M8HE/D8JxPweTcT+3Y3E/"
-    "IjRxP0MEcT8b1HA/rqNwP/RycD/4QXA/tBBwPyffbz9RrW8/N3tvP9VIbz8sFm8/PeNuPwawbj+IfG4/x0huP78Ubj9w4G0/2qttP/52bT/fQW0/"
-    "egxtP8vWbD/coGw/p2psPyw0bD9t/Ws/acZrPx+Paz+TV2s/vh9rP6fnaj9Pr2o/rnZqP849aj+qBGo/PMtpP5KRaT+kV2k/cB1pP/viaD9BqGg/"
-    "SG1oPwwyaD+K9mc/ybpnP8V+Zz+BQmc/+gVnPzHJZj8mjGY/2k5mP04RZj9+02U/cZVlPyJXZT+SGGU/wdlkP7GaZD9hW2Q/0RtkPwHcYz/xm2M/"
-    "pFtjPxcbYz9H2mI/O5liP/FXYj9mFmI/oNRhP5eSYT9TUGE/0g1hPxLLYD8TiGA/2URgP2ABYD+rvV8/uHlfP4o1Xz8g8V4/dqxeP5NnXj9yIl4/"
-    "F91dP36XXT+qUV0/mQtdP1HFXD/Lflw/DDhcPw/xWz/cqVs/aWJbP78aWz/b0lo/wIpaP2hCWj/Y+Vk/DbFZPwtoWT/OHlk/WdVYP6uLWD/IQVg/"
-    "qfdXP1WtVz/GYlc/ARhXPwXNVj/QgVY/ZDZWP8TqVT/qnlU/21JVP5UGVT8aulQ/aG1UP4IgVD9k01M/EYZTP4s4Uz/R6lI/3pxSP7dOUj9fAFI/"
-    "0bFRPxBjUT8XFFE/8MRQP5J1UD8CJlA/PtZPP0eGTz8fNk8/w+VOPzeVTj94RE4/h/NNP2OiTT8PUU0/i/9MP9StTD/uW0w/1AlMP463Sz8UZUs/"
-    "axJLP5W/Sj+MbEo/VhlKP/DFST9ackk/lx5JP6XKSD+Ddkg/NSJIP7fNRz8NeUc/NSRHPzHPRj/8eUY/niRGPxTPRT9aeUU/dSNFP2bNRD8od0Q/"
-    "wyBEPy7KQz9vc0M/iBxDP3LFQj81bkI/zBZCPzm/QT9+Z0E/lw9BP4m3QD9QX0A/7gZAP2OuPz+vVT8/1Pw+P9CjPj+jSj4/UPE9P9mXPT83Pj0/"
-    "buQ8P3+KPD9pMDw/LNY7P8x7Oz9DITs/lMY6P8JrOj/IEDo/q7U5P2taOT8F/zg/eaM4P8lHOD/56zc/AZA3P+czNz+s1zY/THs2P8geNj8kwjU/"
-    "XmU1P3UINT9rqzQ/Pk40P+/wMz+BkzM/8jUzP0PYMj9yejI/gxwyP3G+MT9AYDE/8AExP4OjMD/0RDA/SOYvP4CHLz+VKC8/jckuP2hqLj8mCy4/"
-    "x6stP0pMLT+v7Cw/+4wsPygtLD84zSs/MG0rPwkNKz/GrCo/akwqP/TrKT9hiyk/tCopP+zJKD8PaSg/EwgoP/6mJz/SRSc/jeQmPy6DJj+1ISY/"
-    "JcAlP35eJT+//CQ/6ZokP/k4JD/z1iM/2XQjP6USIz9csCI//U0iP4XrIT/9iCE/XCYhP6nDID/eYCA/AP4fPw2bHz8GOB8/6dQeP7txHj97Dh4/"
-    "JqsdP79HHT9F5Bw/toAcPxkdHD9nuRs/pFUbP9DxGj/rjRo/9ikaP/DFGT/ZYRk/r/0YP3uZGD8zNRg/3tAXP3lsFz8ECBc/gaMWP/A+Fj9P2hU/"
-    "pHUVP+gQFT8hrBQ/S0cUP2niEz96fRM/gRgTP3izEj9lThI/RukRPxyEET/lHhE/p7kQP1tUED8H7w8/p4kPPz0kDz/Kvg4/T1kOP8nzDT88jg0/"
-    "pSgNPwTDDD9eXQw/sPcLP/eRCz84LAs/dsYKP6pgCj/W+gk//ZQJPx0vCT84yQg/TmMIP139Bz9rlwc/bzEHP3HLBj9uZQY/aP8FP12ZBT9PMwU/"
-    "Pc0EPylnBD8SAQQ/+ZoDP940Az++zgI/nmgCP30CAj9anAE/NzYBPxLQAD/taQA/xwMAP0Y7/z76bv4+saL9PmrW/D4mCvw+4D37PqJx+j5mpfk+"
-    "LNn4PvkM+D7LQPc+oXT2PoCo9T5k3PQ+TRD0PkFE8z46ePI+P6zxPkrg8D5hFPA+gUjvPqt87j7isO0+I+XsPnIZ7D7OTes+NoLqPq226T4v6+g+"
-    "wB/oPmRU5z4VieY+173lPqvy5D6MJ+Q+glzjPouR4j6kxuE+1fvgPhQx4D5pZt8+1ZvePlbR3T7pBt0+lDzcPlly2z4zqNo+JN7ZPi8U2T5SStg+"
-    "jYDXPuO21j5V7dU+3yPVPoZa1D5JkdM+JsjSPiP/0T47NtE+c23QPsikzz473M4+zRPOPoBLzT5Tg8w+R7vLPlvzyj6SK8o+62PJPmacyD4F1cc+"
-    "yg3HPrFGxj69f8U+8LjEPkTywz7EK8M+aGXCPjSfwT4n2cA+QhPAPodNvz70h74+icK9Pkz9vD43OLw+T3O7PpKuuj4C6rk+niW5PmRhuD5bnbc+"
-    "gNm2PtMVtj5VUrU+B4+0PujLsz78CLM+PkayPrODsT5XwbA+Mf+vPjw9rz59e64+8bmtPpn4rD51N6w+iHarPtC1qj5P9ak+BDWpPvF0qD4Utac+"
-    "cfWmPgc2pj7WdqU+3bekPiH5oz6bOqM+U3yiPkW+oT52AKE+40KgPouFnz5xyJ4+lQuePvhOnT6akpw+e9abPpsamz79Xpo+nqOZPn/omD6kLZg+"
-    "CnOXPrS4lj6g/pU+z0SVPkWLlD780ZM++RiTPjpgkj7Dp5E+lO+QPqc3kD4CgI8+qMiOPpQRjj7HWo0+RqSMPhDuiz4fOIs+e4KKPiLNiT4SGIk+"
-    "T2OIPteuhz6u+oY+0kaGPkKThT4C4IQ+Di2EPmp6gz4UyII+DxaCPltkgT72soA+4gGAPkWifj5kQX0+KeF7PpSBej6kInk+YMR3Pr1mdj7JCXU+"
-    "fK1zPtxRcj7o9nA+nZxvPgRDbj4U6mw+2ZFrPks6aj5v42g+Q41nPss3Zj4E42Q+9o5jPpg7Yj7z6GA+BJdfPstFXj5P9Vw+iqVbPn1WWj4tCFk+"
-    "mbpXPsJtVj6oIVU+TNZTPq+LUj7SQVE+uPhPPl6wTj7IaE0+8CFMPuHbSj6Wlkk+D1JIPk4ORz5Yy0U+J4lEPsFHQz4jB0I+TsdAPkeIPz4MSj4+"
-    "nQw9PvvPOz4olDo+JVk5Pu8eOD6O5TY+/Kw1Pj51ND5SPjM+OggyPvjSMD6Jni8+8WouPjE4LT5IBiw+N9UqPgKlKT6kdSg+IEcnPnsZJj6x7CQ+"
-    "wcAjPrKVIj5+ayE+LkIgPrwZHz4p8h0+esscPqulGz6/gBo+uVwZPpQ5GD5XFxc+APYVPo/VFD4DthM+Y5cSPqh5ET7YXBA+8UAPPvYlDj7oCw0+"
-    "wvILPozaCj5Cwwk+6KwIPnuXBz7/ggY+dW8FPtlcBD4vSwM+ejoCPrUqAT7mGwA+Exz+PUoC/D1m6vk9dNT3PW3A9T1XrvM9NJ7xPQCQ7z3Cg+09"
-    "c3nrPSFx6T3Fauc9XmblPfRj4z2DY+E9FWXfPZ5o3T0pbts9tXXZPUB/1z3OitU9YZjTPfmn0T2Wuc89Pc3NPe7iyz2n+sk9bRTIPTwwxj0fTsQ9"
-    "C27CPQmQwD0ZtL49P9q8PXQCuz3CLLk9H1m3PZmHtT0tuLM91uqxPZwfsD1+Vq49f4+sPZvKqj3XB6k9MkenPbKIpT1QzKM9FBKiPf1ZoD0OpJ49"
-    "RfCcPaM+mz0pj5k93OGXPbc2lj3BjZQ9+OaSPV9CkT31n489uv+NPbJhjD3axYo9NyyJPcmUhz2R/4U9j2yEPcTbgj00TYE9uoF/PYBtfD2/XXk9"
-    "dlJ2PahLcz1VSXA9hEttPTRSaj1lXWc9HW1kPV2BYT0hml49cbdbPU3ZWD24/1U9tCpTPT9aUD1djk09EsdKPV8ESD1CRkU9woxCPdvXPz2UJz09"
-    "7Xs6PebUNz2CMjU9w5QyPan7Lz05Zy09c9cqPVdMKD3oxSU9KEQjPRfHID26Th49D9sbPRlsGT3ZARc9UZwUPYM7Ej1u3w89F4gNPX41Cz2i5wg9"
-    "ip4GPTNaBD2hGgI9pb//PJhT+zwY8fY8LZjyPNdI7jwZA+o8+MblPHKU4TyMa908TUzZPLM21Ty/KtE8dijNPNwvyTzyQMU8u1vBPDmAvTxtrrk8"
-    "W+a1PAMosjxtc648l8iqPIUnpzw6kKM8tQKgPPp+nDwMBZk87ZSVPJ0ukjwh0o48fX+LPK02iDy394Q8nsKBPL8ufTwC7HY8C71wPNyhajx1mmQ8"
-    "3aZePBrHWDws+1I8FkNNPN6eRzyIDkI8F5I8PI0pNzzv1DE8QpQsPINnJzy9TiI88EkdPB5ZGDxJfBM8erMOPK3+CTzrXQU8MtEAPBKx+Dvi5+87"
-    "10bnO/zN3jtTfdY741TOO6tUxju8fL47EM22O65Frzug5qc76a+gO42hmTuJu5I77f2LO7lohTvc9307Jm9xO1c3ZTt2UFk7jbpNO6N1Qju8gTc7"
-    "4N4sOxmNIjtqjBg73dwOO3N+BTtu4vg6W2rnOrKU1jqDYcY62dC2Or3ipzo0l5k6T+6LOiXQfToMCWU6ZodNOkBLNzqnVCI6r6MOOrlw+Dl+JdY5"
-    "xWW2OaExmTlBEn05sNhMOaq2ITmgWPc4bHO1OMZ7ezhVcCA4f4mzN8TkHTeK3Bg2AAAAAA=="
-)
+#: The official 1.1 ``alphas_cumprod`` (1000 steps, squaredcos_cap_v2, zero-terminal-SNR rescale), float32 little
+#: endian: diffusers' formula evaluated by torch with MKL on its SSE4.2 code path, the environment the golden fixtures
+#: come from. It differs from the correctly rounded evaluation (:func:`k11_alphas_cumprod`) by a few ulp per entry,
+#: which matters only near t = 0 (see the module docstring).
+K11_ALPHAS_CUMPROD_FILE = Path(__file__).with_name("data") / "k11_alphas_cumprod.f32"
 
 
 def k11_alphas_cumprod(num_train_timesteps: int = 1000, rescale_zero_snr: bool = True) -> torch.Tensor:
@@ -437,9 +389,17 @@ def k11_alphas_cumprod(num_train_timesteps: int = 1000, rescale_zero_snr: bool =
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+@functools.cache
+def _frozen_k11_table() -> bytes:
+    raw = K11_ALPHAS_CUMPROD_FILE.read_bytes()
+    if len(raw) != 4000:
+        raise RuntimeError(f"{K11_ALPHAS_CUMPROD_FILE} is damaged ({len(raw)} bytes, expected 4000): reinstall the "
+                           "package.")
+    return raw
+
+
 def _official_k11_alphas_cumprod() -> torch.Tensor:
-    raw = base64.b64decode("".join(_K11_ALPHAS_CUMPROD_FP32))
-    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+    return torch.from_numpy(np.frombuffer(_frozen_k11_table(), dtype="<f4").astype(np.float32))
 
 
 def k11_timesteps(num_inference_steps: int, spacing: str = "leading", num_train_timesteps: int = 1000) -> list[int]:
