@@ -10,30 +10,9 @@ from pathlib import Path
 import torch
 
 from .errors import FusionFramesError
-from .models.configs import MODEL_KINDS, RELEASES
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def unet_dtype(choice: str, device: str) -> torch.dtype:
-    """auto: bf16 on CUDA (the fast path), fp32 elsewhere (the reference path parity is checked on)."""
-    if choice != "auto":
-        return DTYPES[choice]
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def text_dtype(choice: str, device: str) -> tuple[torch.dtype | None, bool]:
-    """(compute dtype, fp8 weight storage) of the T5. auto: bf16 on CUDA (fp16 overflows in FLAN-UL2, the official
-    1.0 code zeroes those rows; fp32 doubles the memory), the official dtype elsewhere; fp8: float8 weights computing
-    in bf16 on CUDA, fp32 on the CPU."""
-    cuda = torch.device(device).type == "cuda"
-    if choice == "fp8":
-        return (torch.bfloat16 if cuda else torch.float32), True
-    if choice == "auto":
-        return (torch.bfloat16 if cuda else None), False
-    return DTYPES[choice], False
+from .models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES
+from .models.temporal.selection import CHOICES as VARIANT_CHOICES
+from .releases import FPS_PASSES, MODEL_KINDS, MOTION_SCORES, RELEASES
 
 
 def _progress_printer():
@@ -53,29 +32,72 @@ def _progress_printer():
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .io.video import load_image, write_video
+    from .io.video import check_output, load_image, write_frames, write_video
+    from .models.dtypes import model_dtype, text_dtype
     from .runtime.pipeline import VideoPipeline, VideoRequest
     from .runtime.placement import Placement
 
+    frames_folder = args.out.endswith(("/", "\\"))
+    check_output(args.out, folder=frames_folder)
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     text_device = Placement.parse(args.placement, args.device).device("text")
-    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, str(text_device))
-    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
-                                         dtype=unet_dtype(args.dtype, args.device), offload=args.offload,
-                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8,
-                                         compile=args.compile)
+    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, text_device)
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
-        seed=args.seed, steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance, motion=args.motion,
-        num_keyframes=args.keyframes, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+        first_frame_guidance=args.first_frame_guidance, image_guidance=args.image_guidance,
+        interpolation_guidance=args.interpolation_guidance, motion=args.motion,
+        noise_augmentation=args.noise_augmentation, keyframes=args.keyframes, tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
     )
+    temporal = {"variant": args.temporal_variant, "conv_strength": args.conv_strength,
+                "attention_strength": args.attention_strength, "levels": args.temporal_levels}
+    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
+                                         dtype=model_dtype(args.dtype, args.device), offload=args.offload,
+                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8,
+                                         compile=args.compile, temporal=temporal)
     started = time.perf_counter()
     result = pipeline.generate(request, progress=_progress_printer())
-    path = write_video(args.out, result.frames, result.fps)
-    print(f"{result.frames.shape[0]} frames {request.width}x{request.height} at {result.fps:g} fps, release "
+    path = write_frames(args.out, result.frames) if frames_folder else write_video(args.out, result.frames,
+                                                                                    result.fps)
+    height, width = result.frames.shape[-2:]
+    print(f"{result.frames.shape[0]} frames {width}x{height} at {result.fps:g} fps, release "
           f"{pipeline.release}, {time.perf_counter() - started:.1f} s")
-    print(f"video: {path}")
+    print(f"{'frames' if frames_folder else 'video'}: {path}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .io.video import check_output, read_frames, read_video, write_frames, write_video
+    from .models.dtypes import model_dtype, text_dtype
+    from .runtime.pipeline import VideoPipeline, VideoRequest, detect_release
+    from .runtime.placement import Placement
+
+    frames_folder = args.out.endswith(("/", "\\"))
+    check_output(args.out, folder=frames_folder)
+    video = read_frames(args.video) if Path(args.video).is_dir() else read_video(args.video)
+    frames = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255
+    text_encoder = None
+    if detect_release(Path(args.models)) == "1.1":  # its interpolation model is text-conditioned
+        if args.prompt is None:
+            raise FusionFramesError("the 1.1 interpolation model needs the prompt of the video: pass --prompt.")
+        text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
+    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, Placement.parse(args.placement, args.device).device("text"))
+    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
+                                         dtype=model_dtype(args.dtype, args.device), offload=args.offload,
+                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8)
+    request = VideoRequest(prompt=args.prompt or "", fps=args.fps, seed=args.seed, steps=args.steps,
+                           sampler=args.sampler, interpolation_guidance=args.interpolation_guidance)
+    started = time.perf_counter()
+    result = pipeline.interpolate_video(frames, request, args.source_fps, progress=_progress_printer())
+    path = write_frames(args.out, result.frames) if frames_folder else write_video(args.out, result.frames,
+                                                                                    result.fps)
+    print(f"{frames.shape[0]} -> {result.frames.shape[0]} frames at {result.fps:g} fps, release {pipeline.release}, "
+          f"{time.perf_counter() - started:.1f} s")
+    print(f"{'frames' if frames_folder else 'video'}: {path}")
     return 0
 
 
@@ -166,11 +188,12 @@ def cmd_estimate_memory(args: argparse.Namespace) -> int:
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
-    parser.add_argument("--negative-prompt", default=None, help="1.0 only (1.1 ignores negative prompts)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="1.0 only: replaces the null context; empty = none (1.1 ignores negative prompts)")
     parser.add_argument("--image", default=None, help="first frame for image-to-video (1.1)")
     parser.add_argument("--width", type=int, default=512, help="multiple of 64")
     parser.add_argument("--height", type=int, default=512, help="multiple of 64")
-    parser.add_argument("--fps", choices=["low", "medium", "high"], default="low",
+    parser.add_argument("--fps", choices=list(FPS_PASSES), default="low",
                         help="interpolation passes: low 0, medium 1, high 2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None,
@@ -178,27 +201,47 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
                              "1.1's official sampler takes only its own counts")
     parser.add_argument("--sampler", choices=["official", "ddim", "dpmpp_2m"], default="official",
                         help="official (default, exactly the official DDPM) or a faster, non-official option")
-    parser.add_argument("--guidance", type=float, default=5.0, help="keyframe (1.0) / first-frame (1.1) guidance")
-    parser.add_argument("--motion", choices=["low", "medium", "high", "extreme"], default="medium", help="1.1")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="weight of the prompt: 1.0's classifier-free guidance, 1.1's prompt weight (official 5)")
+    parser.add_argument("--first-frame-guidance", type=float, default=None,
+                        help="1.1 text-to-video: guidance of the generated first frame (official 5)")
+    parser.add_argument("--image-guidance", type=float, default=None,
+                        help="1.1: weight of the first frame (official 2)")
+    parser.add_argument("--interpolation-guidance", type=float, default=None,
+                        help="interpolation guidance (official 0.25 for 1.0, 0.5 for 1.1)")
+    parser.add_argument("--motion", choices=list(MOTION_SCORES), default=None,
+                        help="1.1 motion score: low 1, medium 10 (official), high 50, extreme 100")
+    parser.add_argument("--noise-augmentation", type=int, default=None,
+                        help="1.1: noise level added to the first-frame latent, 0-999 (official 20)")
     parser.add_argument("--keyframes", type=int, default=None, help="number of keyframes (default: 15 / 12)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+    parser.add_argument("--dtype", choices=MODEL_DTYPE_CHOICES, default="auto",
                         help="U-Net weights: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on the CPU; "
                              "MoVQ stays fp32 as in the official code")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU between their stages")
     parser.add_argument("--placement", default=None,
                         help="per-stage devices, e.g. keyframe=cuda:0,interpolation=cuda:1,movq=cuda:1,text=cpu "
                              "(roles: text, keyframe, interpolation, movq; the rest on --device)")
-    parser.add_argument("--text-dtype", choices=["auto", "fp8", *sorted(DTYPES)], default="auto",
-                        help="T5 weights: auto = bf16 on CUDA, official elsewhere (1.1 fp32); fp8 = float8 weights, "
-                             "half of bf16's memory")
+    parser.add_argument("--text-dtype", choices=TEXT_DTYPE_CHOICES, default="auto",
+                        help="T5 weights: auto = bf16 on GPUs with bf16, else fp32 (never fp16: FLAN-UL2 overflows "
+                             "there); fp8 = float8 weights, half of bf16's memory")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the U-Nets (minutes of compiling first; pays off for long runs)")
+    parser.add_argument("--temporal-variant", choices=VARIANT_CHOICES, default="auto",
+                        help="the keyframe model's temporal blocks (Temporal Block Selector): auto = the checkpoint's")
+    parser.add_argument("--conv-strength", type=float, default=1.0,
+                        help="temporal convolution blocks: 0 off, 1 as trained (default), up to 2")
+    parser.add_argument("--attention-strength", type=float, default=1.0,
+                        help="temporal attention blocks: 0 off, 1 as trained (default), up to 2")
+    parser.add_argument("--temporal-levels", default="all",
+                        help="U-Net levels whose temporal blocks act: all, none or numbers like 1,2,3")
     parser.add_argument("--tile-size", type=int, default=0,
                         help="decode in spatial tiles of this many pixels (0: whole frames; frames that do not fit "
                              "are tiled automatically)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
-    parser.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp)")
+    parser.add_argument("--out", required=True,
+                        help="output video (.mp4, .gif or .webp), or a folder ending in '/' for lossless PNG frames "
+                             "(frame_00000.png, ...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--text-encoder", default=None, help="google/flan-ul2 folder (default: MODELS/text_encoder)")
     _generation_options(generate)
     generate.set_defaults(run=cmd_generate)
+
+    interpolate = commands.add_parser("interpolate", help="make an existing video smoother: 3 new frames between "
+                                                          "every two, once (--fps medium) or twice (high)")
+    interpolate.add_argument("--models", required=True, help="folder with the release's checkpoint files")
+    interpolate.add_argument("--text-encoder", default=None,
+                             help="google/flan-ul2 folder, 1.1 only (default: MODELS/text_encoder)")
+    interpolate.add_argument("--video", required=True,
+                             help="the video (.mp4, .gif, .webp) or a folder of frame_*.png; sides multiples of 8")
+    interpolate.add_argument("--prompt", default=None, help="what the video shows (1.1: required)")
+    interpolate.add_argument("--fps", choices=["medium", "high"], default="medium", help="passes: medium 1, high 2")
+    interpolate.add_argument("--source-fps", type=float, default=24.0, help="frame rate of the input video")
+    interpolate.add_argument("--seed", type=int, default=0)
+    interpolate.add_argument("--steps", type=int, default=None, help="steps per pass (default: official 50 / 10)")
+    interpolate.add_argument("--sampler", choices=["official", "ddim", "dpmpp_2m"], default="official")
+    interpolate.add_argument("--interpolation-guidance", type=float, default=None,
+                             help="official 0.25 for 1.0, 0.5 for 1.1")
+    interpolate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    interpolate.add_argument("--dtype", choices=MODEL_DTYPE_CHOICES, default="auto")
+    interpolate.add_argument("--text-dtype", choices=TEXT_DTYPE_CHOICES, default="auto")
+    interpolate.add_argument("--offload", action="store_true")
+    interpolate.add_argument("--placement", default=None)
+    interpolate.add_argument("--out", required=True,
+                             help="output video (.mp4, .gif, .webp) or a folder ending in '/' for PNG frames")
+    interpolate.set_defaults(run=cmd_interpolate)
 
     demo = commands.add_parser("demo", help="create tiny random demo models and generate with them (noise!)")
     demo.add_argument("--models-dir", default="demo_models")

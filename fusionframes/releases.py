@@ -20,22 +20,22 @@ SAMPLING_STAGES = ("first_frame", "keyframes", "interpolation")
 
 #: MoVQ's spatial downsampling: a 512x512 frame is a 4x64x64 latent
 LATENT_SCALE = 8
-#: the paper's keyframe rate; every interpolation pass puts 3 frames between two, i.e. 4x the rate [R-12]
+#: the paper's keyframe rate; every interpolation pass puts 3 frames between two, i.e. 4x the rate [OB-48]
 KEYFRAME_FPS = 2.0
 FPS_GAIN_PER_PASS = 4
 #: the official ``fps`` argument: how many interpolation passes it asks for
 FPS_PASSES = MappingProxyType({"low": 0, "medium": 1, "high": 2})
-#: ``skip_frames`` told to the interpolation U-Net in its first and second pass [R-11]
+#: ``skip_frames`` told to the interpolation U-Net in its first and second pass [OB-48]
 SKIP_FRAMES = MappingProxyType({1: 3, 2: 1})
-#: 1.1's motion presets; the official default name 'normal' is not among them and falls back to 'medium' [R-20]
+#: 1.1's motion presets; the official default name 'normal' is not among them and falls back to 'medium' [OB-49]
 MOTION_SCORES = MappingProxyType({"low": 1, "medium": 10, "high": 50, "extreme": 100})
-#: 1.0 frame positions are spread over this many source frames (0, 12, ..., 168 for 15 keyframes) [R-10]
+#: 1.0 frame positions are spread over this many source frames (0, 12, ..., 168 for 15 keyframes) [OB-1]
 VIDEO_LENGTH_10 = 180
-#: 1.0's dynamic thresholding quantile [R-14]
+#: 1.0's dynamic thresholding quantile [OB-25]
 DYNAMIC_PERCENTILE = 0.98
 #: 1.1's noise augmentation is a timestep of the 1000-step training schedule
 NOISE_AUGMENTATION_RANGE = (0, 999)
-#: the token limit of both releases' prompts [R-1]
+#: the token limit of both releases' prompts [OB-51]
 TOKENS_LENGTH = 128
 
 
@@ -59,7 +59,7 @@ class Release:
     image_guidance: float | None = None
     motion: str | None = None
     noise_augmentation: int | None = None
-    #: does the official pipeline use a negative prompt (1.1 ignores it) [R-3]
+    #: does the official pipeline use a negative prompt (1.1 ignores it) [OB-10, OB-43]
     negative_prompt: bool = False
     #: the decoder of the final frames
     decoder: str = "movq"

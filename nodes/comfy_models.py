@@ -19,8 +19,6 @@ from torch import nn
 
 FOLDER = "fusionframes"
 TEXT_FOLDER = "text_encoders"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_CHOICES = ["auto", "fp32", "bf16", "fp16"]
 
 
 def register_folders() -> None:
@@ -72,15 +70,9 @@ def text_encoder_path(name: str) -> str:
                             "folder (config.json, weights, spiece.model) there.")
 
 
-def weight_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice != "auto":
-        if choice not in DTYPES:
-            raise ValueError(f"weight_dtype {choice!r} is not one of {', '.join(DTYPE_CHOICES)}; pick one of them "
-                             "(the workflow may come from another version of the pack).")
-        return DTYPES[choice]
-    if device.type == "cpu":
-        return torch.float32
-    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16
+def host_supports_bf16(device: torch.device) -> bool:
+    """ComfyUI's judgement of bf16 on ``device`` (it knows GPUs torch misjudges); the engine's policy decides."""
+    return device.type != "cpu" and bool(mm.should_use_bf16(device))
 
 
 class PatchableModule(nn.Module):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..fusionframes.runtime import stages
-from ..fusionframes.runtime.pipeline import DEFAULT_INTERPOLATION_GUIDANCE
+from ..fusionframes.releases import KEYFRAME_FPS, fps_for
+from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
 from ..fusionframes.sampling.fast import SAMPLERS
-from ..fusionframes.sampling.noise import SeededNoise
-from . import comfy_models as cm
-from .keyframe_sampler import stage_steps, text_condition
+from .keyframe_sampler import node_models, node_progress, text_condition
 from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent
 
 
@@ -46,37 +44,23 @@ class FrameInterpolator(io.ComfyNode):
     @classmethod
     def execute(cls, interpolation_model, latent: dict, passes: int, seed: int, steps: int, sampler: str,
                 guidance: float, conditioning=None) -> io.NodeOutput:
-        video = latent_frames(latent, "Latent Frame Interpolator")
+        what = "Latent Frame Interpolator"
+        video = latent_frames(latent, what)
         if video.shape[0] < 2:
-            raise ValueError(f"Latent Frame Interpolator: needs at least 2 frames to interpolate between, got "
-                             f"{video.shape[0]}.")
+            raise ValueError(f"{what}: needs at least 2 frames to interpolate between, got {video.shape[0]}.")
         release = interpolation_model.release
         text = None
         if release == "1.1":
             if conditioning is None:
-                raise ValueError("Latent Frame Interpolator: the 1.1 interpolation model needs the prompt: connect "
-                                 "the conditioning input.")
-            text = text_condition(conditioning, interpolation_model, "Latent Frame Interpolator")
-        weight = DEFAULT_INTERPOLATION_GUIDANCE[release] if guidance < 0 else guidance
-        noise = SeededNoise(seed)
-        if release == "1.0":
-            steps = steps or 50
-        per_pass = stage_steps(release, "interpolation", sampler, steps or None)
-        progress = cm.StepProgress(per_pass * passes)
+                raise ValueError(f"{what}: the 1.1 interpolation model needs the prompt: connect the conditioning "
+                                 "input.")
+            text = text_condition(conditioning, interpolation_model, what)
+        request = VideoRequest(width=None, height=None, seed=seed, steps=steps or None, sampler=sampler,
+                               interpolation_guidance=None if guidance < 0 else guidance)
         info = latent_info(latent)
         done = info.get("interpolation_passes", 0)
-        for number in range(1, passes + 1):
-            unet = interpolation_model.load()
-            skip = stages.SKIP_FRAMES[min(done + number, 2)]
-            phase = f"interpolation{number}"
-            if release == "1.0":
-                groups = stages.interpolate_10(unet, video, noise, steps=steps, guidance_scale=weight,
-                                               skip_frames=skip, phase=phase, on_step=progress.stage(per_pass),
-                                               sampler=sampler)
-            else:
-                groups = stages.interpolate_11(unet, text, video, noise, guidance_scale=weight, skip_frames=skip,
-                                               phase=phase, on_step=progress.stage(per_pass), sampler=sampler,
-                                               steps=steps or None)
-            video = stages.interleave(video.to(groups.device), groups).cpu()
-        fps = stages.fps_for(passes, info.get("fps", stages.KEYFRAME_FPS))
+        run = Sequencer(release, request, node_models(interpolation=interpolation_model))
+        node_progress(run, run.plan(keyframes=False, passes=passes, done=done, decode=False))
+        video = run.interpolate(text, video, passes, done)
+        fps = fps_for(passes, info.get("fps", KEYFRAME_FPS))
         return io.NodeOutput(make_latent(video, release, fps, done + passes))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -10,17 +9,18 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
-from ..fusionframes.runtime import stages
-from ..fusionframes.sampling.fast import SAMPLERS, make_schedule
-from ..fusionframes.sampling.guidance import TextCondition
-from ..fusionframes.sampling.noise import SeededNoise
+from ..fusionframes.models.temporal.selection import with_strength
+from ..fusionframes.models.text.condition import TextCondition
+from ..fusionframes.releases import KEYFRAME_FPS, MOTION_SCORES
+from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
+from ..fusionframes.sampling.fast import SAMPLERS
 from . import comfy_models as cm
-from .types import CATEGORY, Conditioning, KeyframeModel, MoVQModel, TextConditioning, make_latent
+from .types import CATEGORY, Conditioning, KeyframeModel, MoVQModel, make_latent
 
 
-def text_condition(conditioning: TextConditioning, model: cm.ManagedModel, what: str) -> TextCondition:
-    """The conditioning as the engine takes it, after checking it belongs to the model's release and width."""
-    if not isinstance(conditioning, TextConditioning):
+def text_condition(conditioning: TextCondition, model: cm.ManagedModel, what: str) -> TextCondition:
+    """The conditioning, after checking it belongs to the model's release and width."""
+    if not isinstance(conditioning, TextCondition):
         raise ValueError(f"{what}: the conditioning must come from 'FusionFrames Text Encode'.")
     width = model.module.config.context_dim
     if conditioning.context_dim != width:
@@ -31,12 +31,32 @@ def text_condition(conditioning: TextConditioning, model: cm.ManagedModel, what:
     if conditioning.release != model.release:
         raise ValueError(f"{what}: conditioning was encoded for release {conditioning.release} but the model is "
                          f"{model.release}; use the projections file of release {model.release}.")
-    return TextCondition(conditioning.context, conditioning.mask)
+    return conditioning
 
 
-def stage_steps(release: str, stage: str, sampler: str, steps: int | None) -> int:
-    """How many model calls a stage makes (for the progress bar); also checks the sampler settings early."""
-    return len(make_schedule(release, stage, sampler, steps).timesteps)
+def node_models(**models: cm.ManagedModel | None):
+    """The sequencer's model access for a node: each model loaded by ComfyUI's memory manager when its stage
+    starts; the keyframe model with the Temporal Block Selector's strengths (a view, the shared model untouched)."""
+
+    @contextmanager
+    def access(kind: str):
+        model = models.get(kind)
+        if model is None:
+            raise ValueError(f"no {kind} model connected")
+        module = model.load()
+        strength = model.options.get("strength")
+        yield with_strength(module, strength) if strength is not None else module
+
+    return access
+
+
+def node_progress(run: Sequencer, stages) -> cm.StepProgress:
+    """One ComfyUI progress bar over the sampling steps of ``stages``; hooks each stage's steps into it."""
+    counts = {stage.role: run.steps(stage) for stage in stages}
+    progress = cm.StepProgress(sum(counts.values()))
+    callbacks = {role: progress.stage(count) for role, count in counts.items()}
+    run.report = lambda stage, total: callbacks.get(stage.role)
+    return progress
 
 
 def image_to_pil(image: torch.Tensor) -> Image.Image:
@@ -81,7 +101,7 @@ class KeyframeSampler(io.ComfyNode):
                                tooltip="1.1: weight of the first frame."),
                 io.Float.Input("first_frame_guidance", default=5.0, min=0.0, max=30.0, step=0.1, optional=True,
                                tooltip="1.1 text-to-video: guidance of the generated first frame."),
-                io.Combo.Input("motion", options=list(stages.MOTION_SCORES), default="medium", optional=True,
+                io.Combo.Input("motion", options=list(MOTION_SCORES), default="medium", optional=True,
                                tooltip="1.1: motion score (low 1, medium 10, high 50, extreme 100)."),
                 io.Int.Input("noise_augmentation", default=20, min=0, max=999, optional=True,
                              tooltip="1.1: noise level added to the first-frame latent (official 20)."),
@@ -94,73 +114,21 @@ class KeyframeSampler(io.ComfyNode):
                 sampler: str, guidance: float, movq=None, image=None, image_guidance: float = 2.0,
                 first_frame_guidance: float = 5.0, motion: str = "medium",
                 noise_augmentation: int = 20) -> io.NodeOutput:
-        if width % 64 or height % 64:
-            raise ValueError(f"T2V Keyframe Sampler: width and height must be multiples of 64, got {width}x{height}.")
+        what = "T2V Keyframe Sampler"
         if keyframe_model.kind != "keyframe":
-            raise ValueError("T2V Keyframe Sampler: keyframe_model must come from 'Load FusionFrames Keyframe Model'.")
-        text = text_condition(conditioning, keyframe_model, "T2V Keyframe Sampler")
-        noise = SeededNoise(seed)
-        if keyframe_model.release == "1.0":
-            latents = cls._sample_10(keyframe_model, conditioning, text, width, height, keyframes, noise,
-                                     steps or 50, sampler, guidance)
-        else:
-            latents = cls._sample_11(keyframe_model, text, width, height, keyframes, noise, guidance, movq, image,
-                                     image_guidance, first_frame_guidance, motion, noise_augmentation,
-                                     sampler, steps or None)
-        return io.NodeOutput(make_latent(latents, keyframe_model.release, stages.KEYFRAME_FPS))
-
-    @staticmethod
-    def _sample_10(model, conditioning, text, width, height, keyframes, noise, steps, sampler,
-                   guidance) -> torch.Tensor:
-        negative = None
-        if conditioning.negative_context is not None:
-            negative = TextCondition(conditioning.negative_context, conditioning.negative_mask)
-        count = stage_steps("1.0", "keyframes", sampler, steps)
-        progress = cm.StepProgress(count)
-        unet = model.load()
-        with strengths(unet, model.options):
-            return stages.sample_keyframes_10(unet, text, height, width, noise, steps=steps, guidance_scale=guidance,
-                                              num_frames=keyframes or None, negative=negative,
-                                              on_step=progress.stage(count), sampler=sampler)
-
-    @staticmethod
-    def _sample_11(model, text, width, height, keyframes, noise, guidance, movq, image, image_guidance,
-                   first_frame_guidance, motion, noise_augmentation, sampler, steps) -> torch.Tensor:
-        if motion not in stages.MOTION_SCORES:  # ComfyUI 0.3.75 does not check V3 combo values against the list
-            raise ValueError(f"T2V Keyframe Sampler: motion must be one of {', '.join(stages.MOTION_SCORES)}, got "
-                             f"{motion!r}.")
-        if movq is None or movq.kind != "movq":
-            raise ValueError("T2V Keyframe Sampler: release 1.1 needs the image MoVQ (movq.pt) on the 'movq' input, "
-                             "to encode the first frame.")
-        first_steps = 0 if image is not None else stage_steps("1.1", "first_frame", sampler, steps)
-        keyframe_steps = stage_steps("1.1", "keyframes", sampler, steps)
-        progress = cm.StepProgress(first_steps + keyframe_steps)
-        unet = model.load()
-        if image is None:
-            first = stages.sample_first_frame_11(unet, text, height, width, noise,
-                                                 guidance_scale=first_frame_guidance,
-                                                 on_step=progress.stage(first_steps), sampler=sampler, steps=steps)
-            key_frame = stages.first_frame_to_key_frame(movq.load(), first, width, height)
-        else:
-            key_frame = stages.encode_image(movq.load(), image_to_pil(image), width, height)
-        unet = model.load()
-        with strengths(unet, model.options):
-            return stages.sample_keyframes_11(unet, text, key_frame, noise, num_frames=keyframes or 12,
-                                              guidance_text=guidance, guidance_image=image_guidance,
-                                              noise_augmentation=noise_augmentation,
-                                              motion_score=stages.MOTION_SCORES[motion],
-                                              on_step=progress.stage(keyframe_steps), sampler=sampler, steps=steps)
-
-
-@contextmanager
-def strengths(unet, options: dict) -> Iterator[None]:
-    """Applies the Temporal Block Selector's settings (strengths, levels) to the shared model for one run, then
-    restores them."""
-    saved = (unet.strength.conv, unet.strength.attention, unet.strength.levels)
-    unet.strength.conv = options.get("conv_strength", 1.0)
-    unet.strength.attention = options.get("attention_strength", 1.0)
-    unet.strength.levels = options.get("levels")
-    try:
-        yield
-    finally:
-        unet.strength.conv, unet.strength.attention, unet.strength.levels = saved
+            raise ValueError(f"{what}: keyframe_model must come from 'Load FusionFrames Keyframe Model'.")
+        text = text_condition(conditioning, keyframe_model, what)
+        release = keyframe_model.release
+        if release == "1.1" and (movq is None or movq.kind != "movq"):
+            raise ValueError(f"{what}: release 1.1 needs the image MoVQ (movq.pt) on the 'movq' input, to encode the "
+                             "first frame.")
+        image_to_video = release == "1.1" and image is not None
+        request = VideoRequest(
+            width=width, height=height, keyframes=keyframes or None, seed=seed, steps=steps or None, sampler=sampler,
+            guidance=guidance, image=image_to_pil(image) if image_to_video else None,
+            first_frame_guidance=first_frame_guidance, image_guidance=image_guidance, motion=motion,
+            noise_augmentation=noise_augmentation)
+        run = Sequencer(release, request, node_models(keyframe=keyframe_model, movq=movq))
+        node_progress(run, run.plan(passes=0, decode=False))
+        latents = run.all_keyframes(text)
+        return io.NodeOutput(make_latent(latents, release, KEYFRAME_FPS))

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..fusionframes.io.checkpoints import inspect, load_model
 from ..fusionframes.models.configs import load_release_config
+from ..fusionframes.models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES, model_dtype, text_dtype
 from ..fusionframes.models.text.encoder import TextEncoder
 from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
 from . import comfy_models as cm
@@ -25,7 +26,8 @@ def _checkpoint_input(tooltip: str) -> io.Combo.Input:
 def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
     import comfy.model_management as mm
 
-    dtype = cm.weight_dtype(dtype_choice, mm.get_torch_device())
+    device = mm.get_torch_device()
+    dtype = model_dtype(dtype_choice, device, bf16=cm.host_supports_bf16(device))
     loaded = load_model(cm.checkpoint_path(ckpt_name), expected_kind=kind, dtype=dtype,
                         device=mm.unet_offload_device())
     if prefers_channels_last(mm.get_torch_device()):
@@ -51,7 +53,8 @@ class _UNetLoader(io.ComfyNode):
             description=f"Loads the {cls.KIND} U-Net: {cls.FILES} from models/fusionframes.",
             inputs=[
                 _checkpoint_input(f"{cls.FILES}; the release is detected from the file."),
-                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("weight_dtype", options=list(MODEL_DTYPE_CHOICES), default="auto",
+                               tooltip=DTYPE_TOOLTIP),
             ],
             outputs=[cls.OUTPUT.Output(display_name=f"{cls.KIND}_model")],
         )
@@ -88,7 +91,7 @@ class LoadMoVQ(io.ComfyNode):
                         "(1.1 temporal decoder).",
             inputs=[
                 _checkpoint_input("movq.pt (image) or video_movq.pt (temporal, 1.1)."),
-                io.Combo.Input("weight_dtype", options=cm.DTYPE_CHOICES, default="fp32",
+                io.Combo.Input("weight_dtype", options=list(MODEL_DTYPE_CHOICES), default="fp32",
                                tooltip="The official code runs MoVQ in fp32."),
             ],
             outputs=[MoVQModel.Output(display_name="movq")],
@@ -119,10 +122,11 @@ class LoadTextEncoder(io.ComfyNode):
                 io.Combo.Input("projections", options=cm.checkpoint_files(),
                                tooltip="t5_projections.pt (1.1) or kandinsky_video.pt (1.0, the projections are "
                                        "inside it). Decides the release."),
-                io.Combo.Input("weight_dtype", options=[*cm.DTYPE_CHOICES, FP8], default="auto",
-                               tooltip="auto: bf16 on GPUs (FLAN-UL2 overflows in fp16; fp32, the official 1.1 "
-                                       "choice, takes 34 GB), fp32 on the CPU. fp8_e4m3fn stores the weights in 8 "
-                                       "bits (9 GB) and computes in bf16."),
+                io.Combo.Input("weight_dtype", options=[*TEXT_DTYPE_CHOICES[:-1], FP8], default="auto",
+                               tooltip="auto: bf16 on GPUs that support it, else fp32 (FLAN-UL2 overflows in fp16, "
+                                       "so fp16 is never used; fp32, the official 1.1 choice, takes 34 GB), fp32 on "
+                                       "the CPU. fp8_e4m3fn stores the weights in 8 bits (9 GB) and computes in "
+                                       "bf16."),
             ],
             outputs=[TextEncoderModel.Output(display_name="text_encoder")],
         )
@@ -139,8 +143,9 @@ class LoadTextEncoder(io.ComfyNode):
                              "kandinsky_video.pt (1.0).")
         config_file = os.path.join(os.path.dirname(projections_path), "configs.json")
         text_config = load_release_config(config_file, release).text if os.path.isfile(config_file) else None
-        fp8 = weight_dtype == FP8
-        dtype = cm.weight_dtype("auto" if fp8 else weight_dtype, mm.text_encoder_device())
+        device = mm.text_encoder_device()
+        dtype, fp8 = text_dtype("fp8" if weight_dtype == FP8 else weight_dtype, device,
+                                bf16=cm.host_supports_bf16(device))
         encoder = TextEncoder.load(
             release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype, fp8_weights=fp8,
             max_length=text_config.tokens_length if text_config else 128,

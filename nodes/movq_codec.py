@@ -7,6 +7,7 @@ import math
 from comfy_api.latest import io
 
 from ..fusionframes.models.movq.model import Tiles, encode_frames, official_clip_frames
+from ..fusionframes.releases import KEYFRAME_FPS
 from ..fusionframes.runtime import stages
 from . import comfy_models as cm
 from .types import CATEGORY, MoVQModel, latent_frames, latent_info, make_latent
@@ -59,7 +60,7 @@ class MoVQDecode(io.ComfyNode):
         model = movq.load()
         frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
                                       progress=lambda done, total: progress.count(done))
-        fps = latent_info(latent).get("fps", stages.KEYFRAME_FPS)
+        fps = latent_info(latent).get("fps", KEYFRAME_FPS)
         return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), fps)
 
 

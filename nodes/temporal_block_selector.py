@@ -54,9 +54,8 @@ class TemporalBlockSelector(io.ComfyNode):
                                     device=mm.unet_offload_device())
         except FusionFramesError as error:
             raise ValueError(f"Temporal Block Selector: {error}") from None
-        options = {"conv_strength": strength.conv, "attention_strength": strength.attention, "levels": strength.levels}
         if model is keyframe_model.module:
-            return io.NodeOutput(keyframe_model.clone(**options))
+            return io.NodeOutput(keyframe_model.clone(strength=strength))
         managed = cm.manage(model, keyframe_model.release, "keyframe", f"{keyframe_model.name} ({variant}, fresh)")
-        managed.options.update(options)
+        managed.options["strength"] = strength
         return io.NodeOutput(managed)

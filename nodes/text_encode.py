@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
-from .types import CATEGORY, Conditioning, TextConditioning, TextEncoderModel
+from ..fusionframes.runtime.sequencer import negative_prompt as negative_prompt_rule
+from .types import CATEGORY, Conditioning, TextEncoderModel
 
 
 class TextEncode(io.ComfyNode):
@@ -21,8 +23,9 @@ class TextEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="a red car drifting, 4k video",
                                 tooltip="What the video shows. Up to 128 tokens are used (the official limit)."),
                 io.String.Input("negative_prompt", multiline=True, default="",
-                                tooltip="1.0 only: replaces the unconditional branch (official rule). 1.1 ignores "
-                                        "negative prompts, as the official pipeline does."),
+                                tooltip="1.0 only: replaces the unconditional branch (official rule); empty = none "
+                                        "(the null context, the official default). 1.1 ignores negative prompts, "
+                                        "as the official pipeline does."),
             ],
             outputs=[Conditioning.Output(display_name="conditioning")],
         )
@@ -31,13 +34,5 @@ class TextEncode(io.ComfyNode):
     def execute(cls, text_encoder, prompt: str, negative_prompt: str) -> io.NodeOutput:
         text_encoder.load()
         encoder = text_encoder.options["encoder"]
-        negative = negative_prompt if negative_prompt.strip() and text_encoder.release == "1.0" else None
-        encoded = encoder.encode(prompt, negative)
-        result = TextConditioning(
-            release=text_encoder.release,
-            context=encoded.context.float().cpu(),
-            mask=encoded.mask.cpu(),
-            negative_context=None if encoded.negative_context is None else encoded.negative_context.float().cpu(),
-            negative_mask=None if encoded.negative_mask is None else encoded.negative_mask.cpu(),
-        )
-        return io.NodeOutput(result)
+        encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
+        return io.NodeOutput(encoded.to("cpu", torch.float32))

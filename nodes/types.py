@@ -1,12 +1,10 @@
 """The pack's socket types and the payloads that travel through them.
 
 Everything a user can mix with core nodes uses core types (IMAGE, LATENT, INT, FLOAT); only the models and the
-text conditioning, which no core node understands, have types of their own.
+text conditioning (the engine's ``TextCondition``), which no core node understands, have types of their own.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from comfy_api.latest import io
@@ -19,21 +17,6 @@ Conditioning = io.Custom("FUSIONFRAMES_CONDITIONING")
 
 CATEGORY = "FusionFrames"
 LATENT_TAG = "fusionframes"
-
-
-@dataclass
-class TextConditioning:
-    """An encoded prompt (and 1.0 negative prompt) for one release; tensors live on the CPU."""
-
-    release: str
-    context: torch.Tensor
-    mask: torch.Tensor
-    negative_context: torch.Tensor | None = None
-    negative_mask: torch.Tensor | None = None
-
-    @property
-    def context_dim(self) -> int:
-        return int(self.context.shape[-1])
 
 
 def make_latent(samples: torch.Tensor, release: str | None, fps: float, passes: int = 0) -> dict:

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fusionframes.tools.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host, execution_error, output_items  # noqa: E402
 from fusionframes.tools.demo_models import create_demo_models  # noqa: E402
-from tests.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host, execution_error, output_items  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "api" / "fusionframes_1_1_text_to_video.json"
 RELEASE_DIR = "kandinsky_video_1_1"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for headless checks of the ComfyUI page (tests/comfy_host.py: screenshot()).
+# Install Debian's chromium for headless checks of the ComfyUI page (fusionframes/tools/comfy_host.py: screenshot()).
 # Idempotent: does nothing when chromium is already on PATH. Needs root (or sudo) and the Debian mirror via apt.
 # With --playwright also installs playwright-core (npm, no bundled browser download) into .host/node/ for
 # scripts/comfy_page_probe.js, which drives /usr/bin/chromium.

@@ -1,4 +1,4 @@
-"""pytest fixtures around a real ComfyUI server (see tests/comfy_host.py). Import into a test module:
+"""pytest fixtures around a real ComfyUI server (see fusionframes/tools/comfy_host.py). Import into a module:
 
     from tests.comfy_fixtures import comfy_server  # noqa: F401     (.host/base, session-wide)
 
@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from fusionframes.io.video import write_video
+from fusionframes.tools.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host
 from fusionframes.tools.demo_models import create_demo_models
-from tests.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host
 
 
 def make_comfy_server_fixture(

@@ -58,8 +58,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import COMFY_DIR, HOST_DIR, PACK_NAME, make_base  # noqa: E402  (stdlib only; runs in any venv)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fusionframes.tools.comfy_host import COMFY_DIR, HOST_DIR, PACK_NAME, make_base  # noqa: E402  (stdlib only)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = HOST_DIR / "base_properties"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfy_host import HOST_DIR, REPO, ensure_browser
+from fusionframes.tools.comfy_host import HOST_DIR, REPO, ensure_browser
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the real-ComfyUI test host (scripts/install_comfyui_host.sh, tests/comfy_host.py) and the browser."""
+"""Smoke tests of the real-ComfyUI test host (scripts/install_comfyui_host.sh, tools/comfy_host.py) and browser."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfy_fixtures import comfy_server  # noqa: F401
-from tests.comfy_host import (
+from fusionframes.tools.comfy_host import (
     PACK_NAME,
     REPO,
     ComfyServer,
@@ -20,6 +19,7 @@ from tests.comfy_host import (
     ensure_host,
     pack_nodes,
 )
+from tests.comfy_fixtures import comfy_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

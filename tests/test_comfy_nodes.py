@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fusionframes.io.video import read_video
-from tests.comfy_host import execution_error, output_items, pack_nodes
+from fusionframes.tools.comfy_host import execution_error, output_items, pack_nodes
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fusionframes.errors import InputError
-from fusionframes.runtime import stages
 from fusionframes.sampling.fast import (
     OFFICIAL_STEPS,
     PREDICTIONS,
@@ -21,7 +20,7 @@ from fusionframes.sampling.fast import (
     make_schedule,
 )
 from fusionframes.sampling.loop import sample
-from fusionframes.sampling.noise import NoiseSource, SeededNoise
+from fusionframes.sampling.noise import RecordingNoise, SeededNoise
 from fusionframes.sampling.schedules import K10Schedule, K11Schedule
 
 MU, STD = 0.3, 0.5  # the data distribution N(MU, STD^2), per element
@@ -30,20 +29,9 @@ STAGES = [("1.1", "keyframes"), ("1.1", "interpolation"), ("1.0", "keyframes"), 
 FAST = ["ddim", "dpmpp_2m"]
 
 
-class CountingNoise(NoiseSource):
+def CountingNoise(seed: int = 0) -> RecordingNoise:
     """Seeded noise that records which roles were drawn."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.inner = SeededNoise(seed)
-        self.roles: list[str] = []
-
-    def normal(self, phase, role, shape):
-        self.roles.append(role)
-        return self.inner.normal(phase, role, shape)
-
-    def uniform(self, phase, role, shape):
-        self.roles.append(role)
-        return self.inner.uniform(phase, role, shape)
+    return RecordingNoise(SeededNoise(seed))
 
 
 def _alpha_bars(schedule) -> dict[int, float]:
@@ -220,9 +208,9 @@ def test_official_sampler_is_the_stage_schedule():
     pairs = [
         (make_schedule("1.0", "keyframes"), K10Schedule(50, prediction="eps")),
         (make_schedule("1.0", "interpolation", steps=30), K10Schedule(30, prediction="v")),
-        (make_schedule("1.1", "first_frame"), K11Schedule(stages.FIRST_FRAME_STEPS, "leading", "epsilon")),
-        (make_schedule("1.1", "keyframes"), K11Schedule(stages.KEYFRAME_STEPS_11, "leading", "epsilon")),
-        (make_schedule("1.1", "interpolation"), K11Schedule(stages.INTERPOLATION_STEPS_11, "trailing", "v_prediction")),
+        (make_schedule("1.1", "first_frame"), K11Schedule(50, "leading", "epsilon")),
+        (make_schedule("1.1", "keyframes"), K11Schedule(50, "leading", "epsilon")),
+        (make_schedule("1.1", "interpolation"), K11Schedule(10, "trailing", "v_prediction")),
     ]
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
     out = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
@@ -236,8 +224,8 @@ def test_official_sampler_is_the_stage_schedule():
             assert made.model_time(t) == direct.model_time(t)
             assert made.needs_noise(t) == direct.needs_noise(t)
             assert torch.equal(made.step(x, out, t, z), direct.step(x, out, t, z))
-    assert OFFICIAL_STEPS[("1.1", "interpolation")] == stages.INTERPOLATION_STEPS_11
-    assert OFFICIAL_STEPS[("1.1", "keyframes")] == stages.KEYFRAME_STEPS_11 == stages.FIRST_FRAME_STEPS
+    assert OFFICIAL_STEPS[("1.1", "interpolation")] == 10
+    assert OFFICIAL_STEPS[("1.1", "keyframes")] == OFFICIAL_STEPS[("1.1", "first_frame")] == 50
 
 
 def test_factory_errors():

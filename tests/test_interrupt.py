@@ -66,7 +66,7 @@ def test_interrupt_at_any_stage_leaves_models_offloaded_and_no_tensor_alive(demo
         if name == stage:
             raise Interrupted(name)
 
-    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", num_keyframes=2, seed=1,
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", keyframes=2, seed=1,
                            sampler="ddim", steps=2)
     watch = TensorWatch()
     with watch, pytest.raises(Interrupted):

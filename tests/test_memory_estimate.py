@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fusionframes.tools import memory_estimate as me
-from fusionframes.tools.bench import BenchSettings, _mode_context, _Pipeline, _run_limited, build_models
+from fusionframes.tools.bench import BenchSettings, StagePipeline, build_models, mode_context, run_limited
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,15 +156,15 @@ def _stage_peaks(device: str, mode: str) -> dict[str, int]:
     models = build_models("1.1", "small", device, mode, with_text=False)
     settings = BenchSettings(release="1.1", size="small", device=device, fps="medium", keyframes=4, skip_text=True,
                              modes=(mode,)).resolved()
-    pipeline = _Pipeline(settings, models, torch.device(device))
+    pipeline = StagePipeline(settings, models, torch.device(device))
     pipeline.text()
     weights = [t for model in models.all().values() for t in (*model.parameters(), *model.buffers())]
     peaks = {}
     for stage in pipeline.stage_list():
         if stage.name not in REAL_STAGES:
             continue
-        with _mode_context(mode, torch.device(device), False):
-            m = me.measure(lambda stage=stage: _run_limited(stage, 1, torch.device(device)), device_type=device,
+        with mode_context(mode, torch.device(device), False):
+            m = me.measure(lambda stage=stage: run_limited(stage, 1, torch.device(device)), device_type=device,
                            exclude=weights, granularity=1, cuda_attention=device == "meta",
                            inputs=me._device_values(pipeline.values) if device == "meta" else [])
         peaks[stage.name] = m.peak
@@ -220,13 +220,13 @@ def test_meta_estimate_is_close_to_the_cpu_allocators_peak():
     models = build_models("1.1", "small", device, "reference", with_text=False)
     settings = BenchSettings(release="1.1", size="small", device="cpu", fps="medium", keyframes=4, skip_text=True,
                              modes=("reference",)).resolved()
-    pipeline = _Pipeline(settings, models, device)
+    pipeline = StagePipeline(settings, models, device)
     pipeline.text()
     measured = {}
-    with _mode_context("reference", device, False):
+    with mode_context("reference", device, False):
         for stage in pipeline.stage_list():
             if stage.name in REAL_STAGES:
-                measured[stage.name] = _profiled_peak(lambda stage=stage: _run_limited(stage, 1, device))
+                measured[stage.name] = _profiled_peak(lambda stage=stage: run_limited(stage, 1, device))
     latents = torch.zeros(5, 4, 8, 8)
     measured["image_decode"] = _profiled_peak(lambda: models.movqs["movq"].decode(latents))
     estimated = _stage_peaks("meta", "reference")

@@ -60,7 +60,7 @@ def test_the_spy_sees_a_value_read_back_inside_the_loop():
 def test_no_sampling_loop_reads_values_back_from_the_device(demo, one_thread, spied_sampling, release, sampler, steps):
     folder = demo / ("k10" if release == "1.0" else "k11")
     pipeline = VideoPipeline.from_folder(folder, demo / "text_encoder")
-    pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="medium", num_keyframes=2,
+    pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="medium", keyframes=2,
                                    sampler=sampler, steps=steps))
     loops = {"1.0": 2, "1.1": 3}[release]  # (first frame), keyframes, interpolation
     assert len(spied_sampling) == loops

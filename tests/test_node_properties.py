@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.comfy_host import HOST_PYTHON, REPO, ensure_host
+from fusionframes.tools.comfy_host import HOST_PYTHON, REPO, ensure_host
 
 pytestmark = pytest.mark.slow
 

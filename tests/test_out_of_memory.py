@@ -8,8 +8,8 @@ import torch
 from fusionframes.errors import OutOfMemory
 from fusionframes.io.checkpoints import load_model
 from fusionframes.models.movq.model import Tiles, decode_video
+from fusionframes.models.text.condition import TextCondition
 from fusionframes.runtime import stages
-from fusionframes.sampling.guidance import TextCondition
 from fusionframes.sampling.noise import SeededNoise
 
 

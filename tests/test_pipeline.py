@@ -26,7 +26,7 @@ def test_release_is_detected_from_the_folder(pipeline_10, pipeline_11):
 
 
 def test_10_medium_fps_gives_4n_minus_3_frames_and_is_reproducible_by_seed(pipeline_10):
-    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", steps=4, num_keyframes=3, seed=5)
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", steps=4, keyframes=3, seed=5)
     first = pipeline_10.generate(request)
     assert first.frames.shape == (9, 3, 64, 64)
     assert float(first.frames.min()) >= 0 and float(first.frames.max()) <= 1
@@ -37,7 +37,7 @@ def test_10_medium_fps_gives_4n_minus_3_frames_and_is_reproducible_by_seed(pipel
 
 
 def test_10_negative_prompt_changes_the_result(pipeline_10):
-    base = VideoRequest(prompt="a cat", width=64, height=64, fps="low", steps=3, num_keyframes=2, seed=1)
+    base = VideoRequest(prompt="a cat", width=64, height=64, fps="low", steps=3, keyframes=2, seed=1)
     plain = pipeline_10.generate(base)
     negative = pipeline_10.generate(VideoRequest(**{**base.__dict__, "negative_prompt": "blurry"}))
     assert not torch.equal(plain.latents, negative.latents)
@@ -48,7 +48,7 @@ def test_11_image_to_video_keeps_the_image_as_first_key_frame(pipeline_11):
     pixels = np.zeros((80, 96, 3), dtype=np.uint8)
     pixels[:, :48] = (220, 40, 40)
     request = VideoRequest(prompt="a red car", image=Image.fromarray(pixels), width=64, height=64, fps="medium",
-                           num_keyframes=3, seed=3)
+                           keyframes=3, seed=3)
     result = pipeline_11.generate(request)
     assert result.frames.shape == (9, 3, 64, 64)
     assert torch.isfinite(result.frames).all()
@@ -57,7 +57,7 @@ def test_11_image_to_video_keeps_the_image_as_first_key_frame(pipeline_11):
 @pytest.mark.parametrize("change,message", [
     ({"width": 100}, "multiples of 64"),
     ({"fps": "ultra"}, "fps must be one of"),
-    ({"num_keyframes": 1}, "at least 2 keyframes"),
+    ({"keyframes": 1}, "keyframes must be an integer of at least 2"),
 ])
 def test_bad_requests_are_clear_errors(pipeline_10, change, message):
     request = VideoRequest(**{**VideoRequest(prompt="x", width=64, height=64).__dict__, **change})
@@ -119,14 +119,14 @@ def test_bf16_unets_run_the_whole_pipeline(demo, tmp_path):
     assert pipeline.models["keyframe"].model.dtype == torch.bfloat16
     assert next(pipeline.models["movq"].model.parameters()).dtype == torch.float32
     result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="medium", steps=2,
-                                            num_keyframes=2, seed=1))
+                                            keyframes=2, seed=1))
     assert result.frames.shape == (5, 3, 64, 64) and torch.isfinite(result.frames).all()
 
 
 def test_faster_sampler_is_an_option_never_the_default(demo):
     assert VideoRequest(prompt="x").sampler == "official"
     pipeline = VideoPipeline.from_folder(demo / "k11", demo / "text_encoder")
-    result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="low", num_keyframes=2,
+    result = pipeline.generate(VideoRequest(prompt="a cat", width=64, height=64, fps="low", keyframes=2,
                                             seed=1, sampler="ddim", steps=4))
     assert result.frames.shape == (2, 3, 64, 64) and torch.isfinite(result.frames).all()
 
@@ -154,7 +154,7 @@ def test_text_encoder_leaves_its_device_after_encoding_and_fp8_tiles_run_end_to_
     moves = []
     original = pipeline.text.to
     pipeline.text.to = lambda device: (moves.append(str(device)), original(device))[1]
-    request = VideoRequest(prompt="a cat", width=64, height=64, fps="low", num_keyframes=2, seed=1, steps=2,
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="low", keyframes=2, seed=1, steps=2,
                            sampler="ddim")
     whole = pipeline.generate(request)
     assert moves == ["cpu", "cpu"]  # to the text role's device for encoding, then back to the CPU
@@ -167,7 +167,7 @@ def test_text_encoder_leaves_its_device_after_encoding_and_fp8_tiles_run_end_to_
 
 def test_channels_last_weights_change_the_layout_not_the_video(demo):
     # 1.0: no 8-bit key-frame round trip, which would turn summation-order rounding into whole 1/255 steps
-    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", num_keyframes=2, seed=3, steps=2,
+    request = VideoRequest(prompt="a cat", width=64, height=64, fps="medium", keyframes=2, seed=3, steps=2,
                            sampler="ddim")
     plain = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder").generate(request)
     pipeline = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder", channels_last=True)

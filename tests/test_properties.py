@@ -14,9 +14,9 @@ from fusionframes.errors import FusionFramesError
 from fusionframes.io.checkpoints import load_model
 from fusionframes.models.configs import load_release_config
 from fusionframes.models.movq.model import decode_video, encode_frames
+from fusionframes.models.text.condition import TextCondition
 from fusionframes.models.text.encoder import TextEncoder
 from fusionframes.runtime import stages
-from fusionframes.sampling.guidance import TextCondition
 from fusionframes.sampling.noise import SeededNoise
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -38,8 +38,7 @@ def models(golden):
 
 
 def _text(models) -> TextCondition:
-    encoded = models["text"].encode("a cat")
-    return TextCondition(encoded.context, encoded.mask)
+    return models["text"].encode("a cat")
 
 
 @SETTINGS

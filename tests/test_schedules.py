@@ -13,7 +13,7 @@ import torch
 
 from fusionframes.errors import InputError
 from fusionframes.sampling.loop import noise_role, sample
-from fusionframes.sampling.noise import NoiseSource, RecordedNoise, SeededNoise
+from fusionframes.sampling.noise import RecordedNoise, RecordingNoise, SeededNoise
 from fusionframes.sampling.schedules import (
     K10Schedule,
     K11Schedule,
@@ -133,20 +133,6 @@ def test_every_step_matches_fixture(cases, name: str, phase: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class _LoggingNoise(NoiseSource):
-    def __init__(self, inner: NoiseSource) -> None:
-        self.inner = inner
-        self.roles: list[str] = []
-
-    def normal(self, phase, role, shape):
-        self.roles.append(role)
-        return self.inner.normal(phase, role, shape)
-
-    def uniform(self, phase, role, shape):
-        self.roles.append(role)
-        return self.inner.uniform(phase, role, shape)
-
-
 @pytest.mark.parametrize(
     "name, phase",
     [
@@ -175,7 +161,7 @@ def test_sample_loop_replays_trajectory(cases, name: str, phase: str):
     def on_step(index, total, t, x_before, pred, x_after):
         records.append((index, total, t, x_after))
 
-    noise = _LoggingNoise(RecordedNoise(tensors))
+    noise = RecordingNoise(RecordedNoise(tensors))
     shape = tensors[f"noise.{phase}.init"].shape
     final = sample(schedule, denoise, shape, noise, phase, device="cpu", on_step=on_step)
 
@@ -200,7 +186,7 @@ def test_sample_loop_replays_trajectory(cases, name: str, phase: str):
 
 
 def test_sample_with_x_init_draws_no_init():
-    noise = _LoggingNoise(SeededNoise(3))
+    noise = RecordingNoise(SeededNoise(3))
     schedule = K11Schedule(10, "trailing", "v_prediction")
     x0 = torch.zeros(2, 4, 4, 4)
     sample(schedule, lambda x, t: torch.zeros_like(x), x0.shape, noise, "p", x_init=x0)
@@ -208,10 +194,10 @@ def test_sample_with_x_init_draws_no_init():
 
 
 def test_noise_draw_counts_per_release():
-    k10 = _LoggingNoise(SeededNoise(0))
+    k10 = RecordingNoise(SeededNoise(0))
     sample(K10Schedule(8), lambda x, t: torch.zeros_like(x), (1, 4, 2, 2), k10, "keyframes")
     assert k10.roles == ["init"] + [noise_role(i) for i in range(8)]  # also at t = 0
-    k11 = _LoggingNoise(SeededNoise(0))
+    k11 = RecordingNoise(SeededNoise(0))
     sample(K11Schedule(50), lambda x, t: torch.zeros_like(x), (1, 4, 2, 2), k11, "keyframes")
     assert k11.roles == ["init"] + [noise_role(i) for i in range(49)]  # not at t = 0
 
@@ -246,7 +232,7 @@ def test_k10_schedule_numbers():
     assert s.alphas_cumprod[49].item() == pytest.approx(9.712e-7, rel=1e-3)
     # log variance at index 0 is index 1's
     assert s.posterior_log_variance[0].item() == s.posterior_log_variance[1].item()
-    # B-23: non-divisors truncate the time scale
+    # OB-23: non-divisors truncate the time scale
     assert K10Schedule(30).time_scale == 33 and K10Schedule(30).model_time(29) == 957
     assert all(s.needs_noise(t) for t in s.timesteps)
 
@@ -266,7 +252,7 @@ def test_k11_schedule_numbers():
     assert trailing.previous_timestep(999) == 899 and trailing.previous_timestep(99) == -1
     assert leading.model_time(980) == 980
     assert not leading.needs_noise(0) and leading.needs_noise(20) and trailing.needs_noise(99)
-    # the key-frame noise augmentation at t = 20: 0.999057 * kf + 0.043425 * n (B-6)
+    # the key-frame noise augmentation at t = 20: 0.999057 * kf + 0.043425 * n (OB-6)
     one = torch.ones(1, 4, 2, 2)
     assert leading.add_noise(one, torch.zeros_like(one), 20)[0, 0, 0, 0].item() == pytest.approx(0.999057, abs=1e-6)
     assert leading.add_noise(torch.zeros_like(one), one, 20)[0, 0, 0, 0].item() == pytest.approx(0.043425, abs=1e-6)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fusionframes.errors import InputError
-from fusionframes.io.video import frames_to_uint8, load_image, read_video, write_video
+from fusionframes.io.video import frames_to_uint8, load_image, read_frames, read_video, write_frames, write_video
 
 
 def _moving_gradient(count: int, height: int, width: int) -> torch.Tensor:
@@ -102,8 +102,9 @@ def test_load_image(tmp_path: Path) -> None:
     pixels[..., 0], pixels[..., 3] = 200, 128
     Image.fromarray(pixels, "RGBA").save(tmp_path / "image.png")
     image = load_image(tmp_path / "image.png")
-    assert image.mode == "RGB" and image.size == (20, 10)
-    assert image.getpixel((0, 0)) == (200, 0, 0)
+    # kept in its own mode: image-to-video resizes in it and converts to RGB last, as the official code
+    assert image.mode == "RGBA" and image.size == (20, 10)
+    assert image.getpixel((0, 0)) == (200, 0, 0, 128)
     with pytest.raises(InputError, match="not found"):
         load_image(tmp_path / "missing.png")
     (tmp_path / "fake.png").write_text("not an image")
@@ -111,3 +112,19 @@ def test_load_image(tmp_path: Path) -> None:
         load_image(tmp_path / "fake.png")
     with pytest.raises(InputError):
         load_image(tmp_path)
+
+
+def test_png_frames_are_the_official_8_bit_values_and_replace_an_earlier_run(tmp_path: Path) -> None:
+    frames = torch.rand(3, 3, 8, 16)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "frame_00007.png").write_bytes(b"stale")
+    (folder / "notes.txt").write_text("kept")
+    assert write_frames(folder, frames) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["frame_00000.png", "frame_00001.png", "frame_00002.png",
+                                                         "notes.txt"]
+    assert np.array_equal(read_frames(folder), frames_to_uint8(frames))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="it is a file"):
+        write_frames(tmp_path / "file", frames)

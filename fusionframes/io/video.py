@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float frames in [0, 1] -> (N, H, W, 3) uint8, as the official pipelines convert them.
 
     Values are clipped to [0, 1], multiplied by 255 and TRUNCATED (torchvision's ``ToPILImage`` on float input does
-    ``mul(255).byte()``, spec B-30), not rounded: 0.999 becomes 254. NaN becomes 0.
+    ``mul(255).byte()``, [OB-30]), not rounded: 0.999 becomes 254. NaN becomes 0.
     """
     if not isinstance(frames, torch.Tensor):
         raise InputError(f"frames must be a torch.Tensor of shape (N, 3, H, W), got {type(frames).__name__}.")
@@ -110,6 +111,65 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float)
     return path
 
 
+FRAME_PATTERN = "frame_{:05d}.png"
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> None:
+    """Fail early (before any model loads) on an output the writers would refuse: a video of an unknown type, or a
+    frames folder that is a file."""
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"cannot write frames into {path}: it is a file. Give a folder (ending in '/').")
+        return
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InputError(f"cannot write video {path.name!r}: unsupported file type {path.suffix or '(none)'}; use one "
+                         f"of {', '.join(VIDEO_SUFFIXES)}, or a folder ending in '/' for PNG frames.")
+
+
+def write_frames(folder: str | Path, frames: torch.Tensor | np.ndarray) -> Path:
+    """Write every frame as a lossless 8-bit PNG ``frame_00000.png``, ``frame_00001.png``, ... into ``folder``.
+
+    The 8-bit values are those of :func:`frames_to_uint8` (the official conversion), so they are exactly what a video
+    file would be encoded from. The frames are written to a hidden folder beside ``folder`` first and moved in only
+    when all are written; frames of an earlier run in ``folder`` are replaced, other files are left alone."""
+    folder = Path(folder)
+    video = _as_uint8_video(frames)
+    check_output(folder, folder=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the folder {folder}: {error.strerror or error}.") from None
+    partial = folder.with_name(f".{folder.name}.partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for index, frame in enumerate(video):
+            Image.fromarray(frame).save(partial / FRAME_PATTERN.format(index), compress_level=1)
+        for old in folder.glob("frame_*.png"):
+            old.unlink()
+        for new in sorted(partial.iterdir()):
+            new.replace(folder / new.name)
+    except OSError as error:
+        raise InputError(f"cannot write frames into {folder}: {error}.") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def read_frames(folder: str | Path) -> np.ndarray:
+    """The frames :func:`write_frames` wrote, as (N, H, W, 3) uint8."""
+    folder = Path(folder)
+    files = sorted(folder.glob("frame_*.png"))
+    if not files:
+        raise InputError(f"no frame_*.png files in {folder}.")
+    frames = []
+    for file in files:
+        with Image.open(file) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    return np.stack(frames)
+
+
 def _check_readable(path: Path, what: str) -> None:
     if not path.exists():
         raise InputError(f"{what} not found: {path}. Check the file name and folder.")
@@ -139,13 +199,13 @@ def read_video(path: str | Path) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An image file as an RGB PIL image, turned upright by its EXIF orientation (as photo viewers show it)."""
+    """An image file as a PIL image in its own mode (palette, RGBA, ...: image-to-video resizes in that mode and
+    converts to RGB last, as the official code [OB-45]), turned upright by its EXIF orientation."""
     path = Path(path)
     _check_readable(path, "image")
     try:
         with Image.open(path) as image:
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+            return ImageOps.exif_transpose(image)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise InputError(f"cannot read image {path}: {error}. Use a PNG, JPEG or WebP image.") from None

@@ -120,7 +120,7 @@ class ReleaseConfig:
 
 
 def official_config(release: str) -> ReleaseConfig:
-    """The configuration the official code builds for ``release`` (reference-spec section 12.1)."""
+    """The configuration the official code builds for ``release`` [OB-47]."""
     if release == "1.0":
         return ReleaseConfig(
             release="1.0",

@@ -15,28 +15,16 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.movq.model import MoVQ, Tiles, decode_video
+from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
 from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
+from ..releases import LATENT_SCALE, MOTION_SCORES, NOISE_AUGMENTATION_RANGE, VIDEO_LENGTH_10, official_steps
 from ..sampling import guidance
 from ..sampling.fast import make_schedule
 from ..sampling.loop import OnStep, initial_noise, sample
 from ..sampling.noise import NoiseSource
 from ..sampling.schedules import K11Schedule
 from .out_of_memory import explain_out_of_memory
-
-#: 1.1 step counts and skip-frame values are fixed by the official pipeline
-FIRST_FRAME_STEPS = 50
-KEYFRAME_STEPS_11 = 50
-INTERPOLATION_STEPS_11 = 10
-SKIP_FRAMES = {1: 3, 2: 1}
-MOTION_SCORES = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
-#: 1.0 frame positions span this many source frames (positions 0, 12, ..., 168 for 15 keyframes)
-VIDEO_LENGTH_10 = 180
-LATENT_SCALE = 8
-#: the paper's keyframe rate; every interpolation pass puts 3 frames between two, i.e. 4x the rate
-KEYFRAME_FPS = 2.0
-FPS_GAIN_PER_PASS = 4
-
 
 #: larger frames would not fit any device (the official models were trained at 512x512)
 MAX_SIDE = 4096
@@ -106,7 +94,7 @@ def _check_keyframes(latents: torch.Tensor) -> None:
 
 def sample_keyframes_10(
     unet: KeyframeUNet10,
-    text: guidance.TextCondition,
+    text: TextCondition,
     height: int,
     width: int,
     noise: NoiseSource,
@@ -114,17 +102,17 @@ def sample_keyframes_10(
     steps: int = 50,
     guidance_scale: float = 5.0,
     num_frames: int | None = None,
-    negative: guidance.TextCondition | None = None,
     on_step: OnStep | None = None,
     sampler: str = "official",
 ) -> torch.Tensor:
-    """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding.
+    """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding; the negative
+    prompt, if any, travels in ``text.negative``.
 
     ``sampler``: "official" (the default, exactly the official DDPM) or a faster option of ``fast_samplers``."""
     num_frames = check_frames(num_frames or unet.config.num_frames or 15, 1, "the number of keyframes")
     check_guidance(guidance_scale=guidance_scale)
     schedule = make_schedule("1.0", "keyframes", sampler, steps)
-    denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale, negative)
+    denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale)
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
         return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
                       device=unet.device, on_step=on_step)
@@ -154,7 +142,7 @@ def interpolate_10(
 
 def sample_first_frame_11(
     unet: KeyframeUNet11,
-    text: guidance.TextCondition,
+    text: TextCondition,
     height: int,
     width: int,
     noise: NoiseSource,
@@ -184,13 +172,15 @@ def _to_uint8_image(image: torch.Tensor) -> Image.Image:
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale down by max(1, min(w/W, h/H)) (PIL bicubic) and centre-crop to W x H, black where the image is smaller."""
+    """Scale down by max(1, min(w/W, h/H)) and centre-crop to W x H (black where the image is smaller), then RGB.
+
+    As the official code [OB-45]: PIL's default resampling for the image's own mode (bicubic for RGB/RGBA/L, nearest
+    for palette images), in that mode, and the conversion to RGB last."""
     check_size(width, height)
-    image = image.convert("RGB")
     factor = max(1.0, min(image.width / width, image.height / height))
-    resized = image.resize((round(image.width / factor), round(image.height / factor)), Image.BICUBIC)
+    resized = image.resize((round(image.width / factor), round(image.height / factor)))
     left, top = (resized.width - width) / 2, (resized.height - height) / 2
-    return resized.crop((left, top, left + width, top + height))
+    return resized.crop((left, top, left + width, top + height)).convert("RGB")
 
 
 def encode_image(movq: MoVQ, image: Image.Image, width: int, height: int) -> torch.Tensor:
@@ -208,7 +198,7 @@ def first_frame_to_key_frame(movq: MoVQ, first_frame: torch.Tensor, width: int, 
 
 def sample_keyframes_11(
     unet: KeyframeUNet11,
-    text: guidance.TextCondition,
+    text: TextCondition,
     key_frame: torch.Tensor,
     noise: NoiseSource,
     *,
@@ -225,11 +215,12 @@ def sample_keyframes_11(
     (always on the official training schedule, whichever ``sampler`` samples)."""
     check_frames(num_frames, 2, "the number of 1.1 keyframes")
     check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
+    low, high = NOISE_AUGMENTATION_RANGE
     if isinstance(noise_augmentation, bool) or not isinstance(noise_augmentation, int) or \
-            not 0 <= noise_augmentation < 1000:
-        raise InputError(f"noise augmentation must be in [0, 999], got {noise_augmentation}.")
+            not low <= noise_augmentation <= high:
+        raise InputError(f"noise augmentation must be an integer in [{low}, {high}], got {noise_augmentation!r}.")
     schedule = make_schedule("1.1", "keyframes", sampler, steps)
-    training = K11Schedule(KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
+    training = K11Schedule(official_steps("1.1", "keyframes"), spacing="leading", prediction="epsilon")
     shape = (num_frames, *key_frame.shape)
     x_init = initial_noise(noise, "keyframes", shape)
     augmentation = noise.uniform("keyframes", "noise_aug", tuple(key_frame.shape))
@@ -244,7 +235,7 @@ def sample_keyframes_11(
 
 def interpolate_11(
     unet: InterpolationUNet11,
-    text: guidance.TextCondition,
+    text: TextCondition,
     keyframes: torch.Tensor,
     noise: NoiseSource,
     *,
@@ -275,11 +266,3 @@ def decode_frames(
     return ((images + 1) / 2).clamp(0, 1)
 
 
-def official_clip_count(num_frames: int) -> int:
-    return max(1, num_frames // 4)
-
-
-def fps_for(passes: int, base_fps: float = KEYFRAME_FPS) -> float:
-    """Playback rate after ``passes`` interpolation passes: 3 frames between every two is 4x the rate
-    (keyframes 2 fps -> 8 -> 32 fps)."""
-    return base_fps * FPS_GAIN_PER_PASS ** passes

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..releases import DYNAMIC_PERCENTILE, OFFICIAL
 from .schedules import DiffusionSchedule, K10Schedule, K11Schedule, cosine_alpha_bar
 
 __all__ = [
@@ -60,26 +61,12 @@ __all__ = [
 ]
 
 STAGES = ("first_frame", "keyframes", "interpolation")
-#: model calls per stage of the official samplers
-OFFICIAL_STEPS = {
-    ("1.0", "keyframes"): 50,
-    ("1.0", "interpolation"): 50,
-    ("1.1", "first_frame"): 50,
-    ("1.1", "keyframes"): 50,
-    ("1.1", "interpolation"): 10,
-}
-#: what each stage's model predicts
-PREDICTIONS = {
-    ("1.0", "keyframes"): "eps",
-    ("1.0", "interpolation"): "v",
-    ("1.1", "first_frame"): "eps",
-    ("1.1", "keyframes"): "eps",
-    ("1.1", "interpolation"): "v",
-}
+#: model calls per stage of the official samplers, (release, stage) -> count (from ``releases.py``)
+OFFICIAL_STEPS = {(r.name, stage): count for r in OFFICIAL.values() for stage, count in r.steps.items()}
+#: what each stage's model predicts, (release, stage) -> "eps" / "v"
+PREDICTIONS = {(r.name, stage): kind for r in OFFICIAL.values() for stage, kind in r.predictions.items()}
 _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v"}
 _THRESHOLDS = ("official", "clip", "dynamic", None)
-#: 1.0 dynamic thresholding quantile (official pipeline)
-DYNAMIC_PERCENTILE = 0.98
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,37 +7,15 @@ per step. Every denoiser works in float32 outside the model and casts to the mod
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
 from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
 from .schedules import cfg, cfg3
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-@dataclass
-class TextCondition:
-    """A projected text context (1, L, D) and its 0/1 mask (1, L)."""
-
-    context: torch.Tensor
-    mask: torch.Tensor
-
-    def repeat(self, count: int) -> TextCondition:
-        return TextCondition(self.context.expand(count, -1, -1), self.mask.expand(count, -1))
-
-    def null(self, null_embedding: torch.Tensor) -> TextCondition:
-        """The unconditional context: zeros with the null embedding at position 0, same length (official rule)."""
-        context = torch.zeros_like(self.context)
-        mask = torch.zeros_like(self.mask)
-        context[:, 0] = null_embedding.to(context.dtype)
-        mask[:, 0] = 1
-        return TextCondition(context, mask)
-
-    def to(self, device: torch.device, dtype: torch.dtype) -> TextCondition:
-        return TextCondition(self.context.to(device=device, dtype=dtype), self.mask.to(device))
 
 
 def _branches(*conditions: TextCondition) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,13 +34,13 @@ def keyframes_10(
     num_frames: int,
     positions: torch.Tensor,
     guidance: float,
-    negative: TextCondition | None = None,
 ) -> Denoiser:
-    """1.0 keyframes: CFG between the prompt and the null context (or the negative prompt, which replaces it)."""
+    """1.0 keyframes: CFG between the prompt and the null context, or ``text.negative`` which replaces it [OB-42]."""
     device, dtype = unet.device, unet.dtype
-    conditional = text.to(device, dtype).repeat(num_frames)
-    unconditional = (negative.to(device, dtype) if negative is not None else text.to(device, dtype).null(
-        unet.null_embedding)).repeat(num_frames)
+    text = text.to(device, dtype)
+    conditional = text.repeat(num_frames)
+    negative = text.negative if text.negative is not None else text.null(unet.null_embedding)
+    unconditional = negative.repeat(num_frames)
     context, mask = _branches(conditional, unconditional)
     large_positions = torch.cat([positions, positions]).to(device)
 

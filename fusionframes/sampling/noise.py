@@ -1,12 +1,14 @@
 """Where sampling noise comes from.
 
 Every random tensor a sampler draws is asked for by *role* (``"init"``, ``"step.007"``, ``"noise_aug"``) inside a
-*phase* (``"keyframes"``, ``"interpolation1"``, ...). The default source draws from a seeded CPU generator, so one seed
-gives the same video on every device; a recorded source replays the tensors of a parity fixture instead.
+*phase* (``"keyframes"``, ``"interpolation1"``, ...). The default source draws from seeded CPU generators, one stream
+per phase, so one seed gives the same video on every device; a recorded source replays the tensors of a parity fixture
+instead, and a recording source keeps what another source handed out (tests compare runs with it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,20 +28,37 @@ class NoiseSource:
         raise NotImplementedError
 
 
+def stream_seed(seed: int, phase: str) -> int:
+    """The seed of ``phase``'s own stream: a hash of (seed, phase), the same on every machine and Python."""
+    digest = hashlib.sha256(f"fusionframes:{int(seed)}:{phase}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 class SeededNoise(NoiseSource):
-    """Noise from one seeded CPU generator, drawn in the order the samplers ask for it."""
+    """Noise from seeded CPU generators, one per phase [OB-44].
+
+    Each phase (``"first_frame"``, ``"keyframes"``, ``"interpolation1"``, ...) draws from its own stream seeded by
+    (seed, phase), in the order its sampler asks, so no two stages share draws and a video does not depend on whether
+    its stages run in one call or in separate nodes given the same seed."""
 
     def __init__(self, seed: int) -> None:
-        if not 0 <= int(seed) < 2**64:
-            raise InputError(f"seed must be between 0 and 2**64-1, got {seed}.")
-        self.seed = int(seed)
-        self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise InputError(f"seed must be an integer between 0 and 2**64-1, got {seed!r}.")
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, phase: str) -> torch.Generator:
+        generator = self._generators.get(phase)
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(stream_seed(self.seed, phase))
+            self._generators[phase] = generator
+        return generator
 
     def normal(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return torch.randn(tuple(shape), generator=self.generator(phase), dtype=torch.float32)
 
     def uniform(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
-        return torch.rand(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return torch.rand(tuple(shape), generator=self.generator(phase), dtype=torch.float32)
 
 
 class RecordedNoise(NoiseSource):
@@ -60,3 +79,28 @@ class RecordedNoise(NoiseSource):
 
     normal = _take
     uniform = _take
+
+
+class RecordingNoise(NoiseSource):
+    """Hands out ``source``'s noise and keeps every tensor under ``noise.PHASE.ROLE`` (replayable by
+    :class:`RecordedNoise`)."""
+
+    def __init__(self, source: NoiseSource) -> None:
+        self.source = source
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.draws: list[tuple[str, str]] = []  # (phase, role) in the order they were asked for
+
+    @property
+    def roles(self) -> list[str]:
+        return [role for _, role in self.draws]
+
+    def _keep(self, phase: str, role: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.draws.append((phase, role))
+        self.tensors[f"noise.{phase}.{role}"] = tensor.clone()
+        return tensor
+
+    def normal(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
+        return self._keep(phase, role, self.source.normal(phase, role, shape))
+
+    def uniform(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
+        return self._keep(phase, role, self.source.uniform(phase, role, shape))

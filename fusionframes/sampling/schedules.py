@@ -10,14 +10,14 @@ both releases:
 * ``add_noise(x, noise, t)`` -- the forward process ``q(x_t | x_0)``.
 
 **Kandinsky Video 1.0** (:class:`K10Schedule`, official ``video_kandinsky3/model/diffusion.py``): a cosine schedule
-discretised directly into ``steps`` bins (so ``steps`` *is* the schedule, B-23), every bin visited, ``t`` is the step
+discretised directly into ``steps`` bins (so ``steps`` *is* the schedule, OB-23), every bin visited, ``t`` is the step
 index ``steps-1 .. 0`` and the model sees ``t * (1000 // steps)``. Ancestral DDPM update with the 0.98-quantile
 dynamic thresholding of ``x0``; a noise tensor is consumed at every step, also at ``t = 0`` where it is multiplied by
-zero (B-36).
+zero (OB-36).
 
 **Kandinsky Video 1.1** (:class:`K11Schedule`, official ``kandinsky_video/model/diffusion.py``): the semantics of
 diffusers' ``DDPMScheduler`` as configured there (1000 training steps, ``squaredcos_cap_v2`` betas, zero-terminal-SNR
-rescale, ``fixed_small_log`` variance, thresholding that degenerates to ``clamp(x0, -1, 1)`` (B-25)), reimplemented
+rescale, ``fixed_small_log`` variance, thresholding that degenerates to ``clamp(x0, -1, 1)`` (OB-25)), reimplemented
 without diffusers. ``t`` is the scheduler timestep, which is also the model time; noise is consumed only when ``t > 0``.
 
 Numerics. Tables and per-step coefficients are built in float32 on the CPU in the official order of operations, so
@@ -211,7 +211,7 @@ class K10Schedule(DiffusionSchedule):
     """The 1.0 ancestral sampler (official ``BaseDiffusion``) with ``steps`` bins of a cosine schedule.
 
     ``t`` is the step index, visited ``steps-1, ..., 0``; the model time is ``t * time_scale`` with
-    ``time_scale = 1000 // steps`` (B-23: non-divisors of 1000 truncate). ``prediction`` is ``"eps"`` (keyframes) or
+    ``time_scale = 1000 // steps`` (OB-23: non-divisors of 1000 truncate). ``prediction`` is ``"eps"`` (keyframes) or
     ``"v"`` (interpolation); ``percentile`` is the dynamic-thresholding quantile (0.98 in the pipeline) or ``None`` for
     a plain clip of ``x0`` to [-1, 1]. Both can also be overridden per :meth:`step` call.
 
@@ -253,7 +253,7 @@ class K10Schedule(DiffusionSchedule):
         self.posterior_mean_coef1 = _tensor_sqrt(self.alphas_cumprod_prev) * betas / one_minus
         self.posterior_mean_coef2 = _tensor_sqrt(alphas) * (1.0 - self.alphas_cumprod_prev) / one_minus
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / one_minus
-        # index 0 (variance 0) replaced by index 1; masked at t = 0 anyway (B-36)
+        # index 0 (variance 0) replaced by index 1; masked at t = 0 anyway (OB-36)
         self.posterior_log_variance = _tensor_map(
             torch.cat([self.posterior_variance[1].unsqueeze(0), self.posterior_variance[1:]]), math.log
         )
@@ -427,7 +427,7 @@ class K11Schedule(DiffusionSchedule):
 
     dtype semantics follow diffusers: the coefficient products with ``model_output`` happen in the model output's dtype
     (fp16 under the official autocast), everything touching the fp32 sample is float32, the noise is used in the model
-    output's dtype (B-26), and the result keeps the sample's dtype.
+    output's dtype (OB-26), and the result keeps the sample's dtype.
     """
 
     def __init__(
@@ -510,7 +510,7 @@ class K11Schedule(DiffusionSchedule):
         c = self._coef(t)
         xf = x if x.dtype in _FULL_PRECISION else x.float()
         x0 = self.predict_x0(xf, model_output, t)
-        # thresholding=True with sample_max_value=1: s = clamp(quantile, 1, 1) = 1, i.e. a plain clamp (B-25),
+        # thresholding=True with sample_max_value=1: s = clamp(quantile, 1, 1) = 1, i.e. a plain clamp (OB-25),
         # evaluated in at least float32 like diffusers' _threshold_sample
         x0 = torch.clamp(x0 if x0.dtype in _FULL_PRECISION else x0.float(), -1.0, 1.0).to(x0.dtype)
         out = c.x0_coeff * x0 + c.sample_coeff * xf
@@ -523,7 +523,7 @@ class K11Schedule(DiffusionSchedule):
     def add_noise(self, x: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         """diffusers ``add_noise``: ``sqrt(ab_t) * x + sqrt(1 - ab_t) * noise`` with the table cast to x's dtype.
 
-        The 1.1 keyframe conditioning uses it at ``t = noise_augmentation`` (20) with UNIFORM noise (B-6).
+        The 1.1 keyframe conditioning uses it at ``t = noise_augmentation`` (20) with UNIFORM noise (OB-6).
         """
         t = _as_int(t)
         if not 0 <= t < self.num_train_timesteps:

@@ -54,17 +54,17 @@ from ..models.configs import (
     unet_config_from_dict,
 )
 from ..models.movq.model import official_clip_frames
+from ..models.text.condition import TextCondition
 from ..models.text.encoder import FLAN_UL2_CONFIG, TextProjection, encode_prompt
+from ..releases import FPS_PASSES, LATENT_SCALE, official_steps
 from ..runtime import stages
 from ..runtime.layout import use_channels_last
-from ..sampling.fast import OFFICIAL_STEPS
-from ..sampling.guidance import TextCondition
+from ..runtime.sequencer import Sequencer, Stage, VideoRequest, plan
 from ..sampling.noise import SeededNoise
 from .flops import FlopCount, count_flops, mfu, peak_tflops
 
 SIZES = ("small", "mid", "official")
 MODES = ("reference", "fast")
-FPS_PASSES = {"low": 0, "medium": 1, "high": 2}
 #: default frame size per model size (must be a multiple of 64)
 DEFAULT_RESOLUTION = {"small": 64, "mid": 128, "official": 512}
 #: tokens of the benchmark prompt (the context is trimmed to these + 1, as encode_prompt does)
@@ -213,7 +213,7 @@ def cheap_init(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _materialise(model: nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
+def materialise(model: nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
     """meta-built model -> ``dtype`` on ``device`` (allocated there once), randomly initialised, frozen."""
     model = model.to(dtype=dtype)
     if device.type != "meta":
@@ -276,7 +276,7 @@ def build_models(release: str, size: str, device: torch.device | str, mode: str 
         with torch.device("meta"):
             model = build_model(release, kind, kind_config)
         group = "unet" if kind in ("keyframe", "interpolation") else "movq"
-        model = _materialise(model, device, dtypes[group], seed + number)
+        model = materialise(model, device, dtypes[group], seed + number)
         number += 1
         if group == "unet":
             null = torch.randn(kind_config.context_dim, device="cpu").to(device)
@@ -291,11 +291,11 @@ def build_models(release: str, size: str, device: torch.device | str, mode: str 
         attention = "eager" if mode == "reference" else "sdpa"
         with torch.device("meta"):
             t5 = T5EncoderModel(t5_config(size, attention))
-        t5 = _materialise(t5, device, dtypes["t5"], seed + number)
+        t5 = materialise(t5, device, dtypes["t5"], seed + number)
         t5.set_input_embeddings(t5.shared)
         with torch.device("meta"):
             projection = TextProjection(t5.config.d_model, config.keyframe.context_dim)
-        projection = _materialise(projection, device, torch.float32, seed + number + 1)
+        projection = materialise(projection, device, torch.float32, seed + number + 1)
     if mode == "fast":
         for model in (*unets.values(), *movqs.values()):
             use_channels_last(model)
@@ -412,7 +412,7 @@ class _Stage:
     count: Callable[[], FlopCount] | None = None  # FLOPs without running the whole stage (decode: once per clip size)
 
 
-def _run_limited(stage: _Stage, limit: int | None, device: torch.device, times: list[float] | None = None):
+def run_limited(stage: _Stage, limit: int | None, device: torch.device, times: list[float] | None = None):
     """Run a stage, stopping a sampling stage after ``limit`` updates; returns its (possibly partial) output."""
     if stage.official_steps is None:
         output = stage.run(None)
@@ -445,7 +445,7 @@ def stage_autocast(release: str, stage: str) -> bool:
 
 
 @contextlib.contextmanager
-def _mode_context(mode: str, device: torch.device, autocast: bool) -> Iterator[None]:
+def mode_context(mode: str, device: torch.device, autocast: bool) -> Iterator[None]:
     """reference: math attention everywhere, fp16 autocast where the official code has it (CUDA)."""
     with contextlib.ExitStack() as stack:
         if mode == "reference":
@@ -475,7 +475,7 @@ def _context_mask(device: torch.device) -> torch.Tensor:
     return mask
 
 
-class _Pipeline:
+class StagePipeline:
     """Builds the stage list of one release run; each stage's output feeds the next (random stand-ins of the right
     shape where a stage is skipped or the device is ``meta``)."""
 
@@ -486,11 +486,18 @@ class _Pipeline:
         self.meta = device.type == "meta"
         self.config = release_config(settings.release, settings.size)
         self.values: dict[str, Any] = {}
-        self.h = settings.height // stages.LATENT_SCALE
-        self.w = settings.width // stages.LATENT_SCALE
+        self.h = settings.height // LATENT_SCALE
+        self.w = settings.width // LATENT_SCALE
 
-    def noise(self) -> SeededNoise:
-        return SeededNoise(self.s.seed)
+    def _model(self, kind: str) -> contextlib.AbstractContextManager[nn.Module]:
+        return contextlib.nullcontext(self.m.unets[kind] if kind in self.m.unets else self.m.movqs[kind])
+
+    def _run(self, on_step) -> Sequencer:
+        """The engine's sequencer for this run, reporting every sampler step to ``on_step``."""
+        s = self.s
+        request = VideoRequest(width=s.width, height=s.height, fps=s.fps, keyframes=s.keyframes, seed=s.seed)
+        return Sequencer(s.release, request, self._model, noise=SeededNoise(s.seed),
+                         report=lambda stage, total: on_step)
 
     def _random(self, *shape: int, device: torch.device | None = None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(len(self.values))
@@ -513,25 +520,24 @@ class _Pipeline:
         return lambda output: self.values.__setitem__(key, output)
 
     def stage_list(self) -> list[_Stage]:
-        s, h, w = self.s, self.h, self.w
+        """The sequencer's plan of this release and fps, each stage timed on its own."""
+        s = self.s
         out: list[_Stage] = []
         if not s.skip_text and self.m.t5 is not None:
             out.append(self._text_stage())
-        frames = s.keyframes
-        if s.release == "1.1":
-            out.extend(self._keyframe_stages_11(frames))
-        else:
-            def keyframes(on_step):
-                return stages.sample_keyframes_10(self.m.unets["keyframe"], self.text(), s.height, s.width,
-                                                  self.noise(), num_frames=frames, on_step=on_step)
-
-            out.append(_Stage("keyframes", keyframes, OFFICIAL_STEPS[("1.0", "keyframes")], [2 * frames, 4, h, w],
-                              self._store("video")))
-        count = frames
-        for number in range(1, FPS_PASSES[s.fps] + 1):
-            out.append(self._interpolation(number, count))
-            count = 4 * count - 3
-        out.append(self._decode(count))
+        count = s.keyframes
+        for stage in plan(s.release, passes=FPS_PASSES[s.fps]):
+            if stage.role == "first_frame":
+                out.append(self._first_frame_stage(stage))
+            elif stage.role == "key_frame":
+                out.append(self._key_frame_stage())
+            elif stage.role == "keyframes":
+                out.append(self._keyframes_stage(stage))
+            elif stage.sampling == "interpolation":
+                out.append(self._interpolation(stage, count))
+                count = 4 * count - 3
+            else:
+                out.append(self._decode(count))
         return out
 
     def _text_stage(self) -> _Stage:
@@ -547,12 +553,14 @@ class _Pipeline:
 
         return _Stage("text", text, None, [1, SMALL_TOKENS[self.s.size]], self._store("text"))
 
-    def _keyframe_stages_11(self, frames: int) -> list[_Stage]:
-        s, h, w = self.s, self.h, self.w
-        unet, movq = self.m.unets["keyframe"], self.m.movqs["movq"]
+    def _first_frame_stage(self, stage: Stage) -> _Stage:
+        h, w = self.h, self.w
+        return _Stage(stage.role, lambda on_step: self._run(on_step).first_frame(self.text()),
+                      official_steps(self.s.release, stage.sampling), [2, 9, 2 * h, 2 * w], self._store("first"))
 
-        def first_frame(on_step):
-            return stages.sample_first_frame_11(unet, self.text(), s.height, s.width, self.noise(), on_step=on_step)
+    def _key_frame_stage(self) -> _Stage:
+        s, h, w = self.s, self.h, self.w
+        movq = self.m.movqs["movq"]
 
         def key_frame(_):
             first = self.values.get("first")
@@ -561,39 +569,39 @@ class _Pipeline:
             if self.meta:  # the real stage goes through an 8-bit PIL image; count its decode and encode
                 movq.decode(first)
                 return movq.encode(torch.zeros(1, 3, s.height, s.width, device="meta"))[0]
-            return stages.first_frame_to_key_frame(movq, first.float(), s.width, s.height)
+            return self._run(None).key_frame(first.float())
+
+        return _Stage("key_frame", key_frame, None, [1, 3, 2 * s.height, 2 * s.width], self._store("key_frame"))
+
+    def _keyframes_stage(self, stage: Stage) -> _Stage:
+        s, h, w = self.s, self.h, self.w
+        frames = s.keyframes
 
         def keyframes(on_step):
+            if s.release == "1.0":
+                return self._run(on_step).keyframes(self.text())
             key = self.values.get("key_frame")
             if key is None or key.device.type == "meta":  # the stage noise-augments the key frame on the CPU
                 key = self._random(4, h, w, device=torch.device("cpu"))
-            return stages.sample_keyframes_11(unet, self.text(), key, self.noise(), num_frames=frames,
-                                              on_step=on_step)
+            return self._run(on_step).keyframes(self.text(), key)
 
-        return [
-            _Stage("first_frame", first_frame, OFFICIAL_STEPS[("1.1", "first_frame")], [2, 9, 2 * h, 2 * w],
-                   self._store("first")),
-            _Stage("key_frame", key_frame, None, [1, 3, 2 * s.height, 2 * s.width], self._store("key_frame")),
-            _Stage("keyframes", keyframes, OFFICIAL_STEPS[("1.1", "keyframes")], [3 * frames, 9, h, w],
-                   self._store("video")),
-        ]
+        branches = 2 if s.release == "1.0" else 3
+        channels = 4 if s.release == "1.0" else 9
+        return _Stage(stage.role, keyframes, official_steps(s.release, stage.sampling),
+                      [branches * frames, channels, h, w], self._store("video"))
 
-    def _interpolation(self, number: int, count: int) -> _Stage:
-        s, unet = self.s, self.m.unets["interpolation"]
-        phase, skip = f"interpolation{number}", stages.SKIP_FRAMES[number]
+    def _interpolation(self, stage: Stage, count: int) -> _Stage:
+        s = self.s
 
         def run(on_step):
             video = self.values["video_in"] = self._video(count)
-            if s.release == "1.1":
-                return stages.interpolate_11(unet, self.text(), video, self.noise(), skip_frames=skip, phase=phase,
-                                             on_step=on_step)
-            return stages.interpolate_10(unet, video, self.noise(), skip_frames=skip, phase=phase, on_step=on_step)
+            return self._run(on_step).interpolation(self.text(), video, stage.pass_number)
 
         def store(groups):
             self.values["video"] = stages.interleave(self.values["video_in"], groups)
 
-        return _Stage(phase, run, OFFICIAL_STEPS[(s.release, "interpolation")], [2 * (count - 1), 20, self.h, self.w],
-                      store)
+        return _Stage(stage.role, run, official_steps(s.release, stage.sampling),
+                      [2 * (count - 1), 20, self.h, self.w], store)
 
     def _decode(self, count: int) -> _Stage:
         movq = self.m.movqs["video_movq" if self.s.release == "1.1" else "movq"]
@@ -642,7 +650,7 @@ def _count_stage(stage: _Stage, device: torch.device) -> FlopCount:
     non-sampling stage."""
     if stage.count is not None:
         return stage.count()
-    _, count = count_flops(_run_limited, stage, 1, device)
+    _, count = count_flops(run_limited, stage, 1, device)
     return count
 
 
@@ -656,7 +664,7 @@ def count_stage_flops(release: str = "1.1", size: str = "official", *, fps: str 
                              keyframes=keyframes, skip_text=skip_text, modes=("reference",)).resolved()
     device = torch.device("meta")
     models = build_models(release, size, device, "reference", with_text=not skip_text)
-    pipeline = _Pipeline(settings, models, device)
+    pipeline = StagePipeline(settings, models, device)
     result: dict[str, FlopCount] = {}
     for stage in pipeline.stage_list():
         if only is None or stage.name in only:
@@ -687,12 +695,12 @@ def _run_mode(settings: BenchSettings, mode: str, device: torch.device, flops: d
     dtypes = ", ".join(f"{name} {dtype}" for name, dtype in models.dtypes.items())
     log(f"[{settings.release} {mode}] models built in {info['build_seconds']:.1f} s, "
         f"{_format_bytes(info['resident_weight_bytes'])} of weights resident ({dtypes})")
-    pipeline = _Pipeline(settings, models, device)
+    pipeline = StagePipeline(settings, models, device)
     compiled: set[str] = set()
     results = []
     stage_list = pipeline.stage_list()
     for stage in stage_list:
-        with _mode_context(mode, device, stage_autocast(settings.release, stage.name)):
+        with mode_context(mode, device, stage_autocast(settings.release, stage.name)):
             if stage.name not in flops:
                 flops[stage.name] = _count_stage(stage, device)
             if mode == "fast" and settings.compile:
@@ -701,12 +709,12 @@ def _run_mode(settings: BenchSettings, mode: str, device: torch.device, flops: d
                         model.compile()
                         compiled.add(name)
             for _ in range(settings.warmup):
-                _run_limited(stage, 1, device)
+                run_limited(stage, 1, device)
             _sync(device)
             times: list[float] = []
             with _MemoryProbe(device) as memory:
                 start = time.perf_counter()
-                _run_limited(stage, settings.steps, device, times)
+                run_limited(stage, settings.steps, device, times)
                 _sync(device)
                 seconds = time.perf_counter() - start
         results.append(_result(settings, mode, stage, seconds, times, memory, flops[stage.name], peak))
@@ -857,9 +865,9 @@ def format_flops(release: str, size: str, counts: dict[str, FlopCount], fps: str
              f"{'stage':<15} {'TFLOP/call':>11} {'calls':>6} {'TFLOP':>10}  split (conv / matmul / attention)"]
     total = 0.0
     for name, count in counts.items():
-        calls = OFFICIAL_STEPS.get((release, "interpolation" if name.startswith("interpolation") else name), 1)
-        if name in ("text", "key_frame", "decode"):
-            calls = 1
+        calls = 1
+        if name not in ("text", "key_frame", "decode"):
+            calls = official_steps(release, "interpolation" if name.startswith("interpolation") else name)
         tflop = count.total * calls / 1e12
         total += tflop
         cat = count.by_category

@@ -4,7 +4,7 @@ They let a fresh machine (CI, a user without the tens of GB of real weights) run
 the files are read by the same loaders as the official checkpoints, so every code path from file detection to the
 written video is exercised. The videos they make are noise-like patterns, not pictures.
 
-Layout written under ``root`` (reference-spec section 12.3)::
+Layout written under ``root``::
 
     k10/kandinsky_video.pt                {'unet', 'null_embedding', 'projections': {'t5.0.weight', 't5.1.*'}}
     k10/kandinsky_video_interpolation.pt  {'unet', 'null_embedding'}

@@ -50,18 +50,18 @@ from torch.utils._pytree import tree_leaves
 from ..errors import InputError
 from ..models.fp8_weights import store_linear_weights_in_fp8
 from ..models.movq.model import official_clip_frames
+from ..releases import FPS_PASSES, LATENT_SCALE
 from ..runtime import stages
 from .bench import (
     DEFAULT_RESOLUTION,
-    FPS_PASSES,
     BenchSettings,
     ModelSet,
-    _materialise,
-    _mode_context,
-    _Pipeline,
-    _run_limited,
+    StagePipeline,
     build_models,
+    materialise,
+    mode_context,
     release_config,
+    run_limited,
     stage_autocast,
     t5_config,
 )
@@ -539,7 +539,7 @@ def build_mode_models(release: str, mode: str, size: str = "official", *, fast_m
     if fp8_text and mode == "fast":
         with torch.device("meta"):
             # eager attention, as the engine's text encoder (text_encoder.load_t5_encoder) runs it
-            t5_fp8 = _materialise(type(models.t5)(t5_config(size, "eager")), META, torch.bfloat16, 0)
+            t5_fp8 = materialise(type(models.t5)(t5_config(size, "eager")), META, torch.bfloat16, 0)
         t5_fp8.set_input_embeddings(t5_fp8.shared)
         store_linear_weights_in_fp8(t5_fp8)
         weights["t5_fp8"] = weight_bytes(t5_fp8, granularity) + weight_bytes(models.projection, granularity)
@@ -552,7 +552,7 @@ def build_mode_models(release: str, mode: str, size: str = "official", *, fast_m
 def _measure_stage(mm: ModeModels, stage: str, fn: Callable[[], Any], inputs: Iterable[object],
                    granularity: int) -> Measurement:
     autocast = mm.mode == "reference" and stage_autocast(mm.release, "decode" if stage == "image" else stage)
-    with _mode_context(mm.mode, META, autocast):  # reference: sdpa_kernel(MATH); CUDA autocast is emulated here
+    with mode_context(mm.mode, META, autocast):  # reference: sdpa_kernel(MATH); CUDA autocast is emulated here
         return measure(fn, exclude=mm.exclude, inputs=inputs, autocast=autocast, granularity=granularity,
                        modules=mm.roots)
 
@@ -588,12 +588,12 @@ class StageEstimator:
                      f"{result.activation_bytes / GIB:.2f} GiB ({m.seconds:.1f} s)")
         return result
 
-    def _pipeline(self, width: int, height: int, keyframes: int, passes: int, models: ModelSet) -> _Pipeline:
+    def _pipeline(self, width: int, height: int, keyframes: int, passes: int, models: ModelSet) -> StagePipeline:
         fps = next(name for name, count in FPS_PASSES.items() if count == passes)
         settings = BenchSettings(release=self.mm.release, size=self.size, device="meta", fps=fps, width=width,
                                  height=height, keyframes=keyframes, skip_text=True,
                                  modes=(self.mm.mode,)).resolved()
-        return _Pipeline(settings, models, META)
+        return StagePipeline(settings, models, META)
 
     def text(self, fp8: bool = False) -> StageMemory:
         key = ("text", fp8)
@@ -602,7 +602,7 @@ class StageEstimator:
         models = self.mm.models if not fp8 else replace(self.mm.models, t5=self.mm.t5_fp8)
         side = DEFAULT_RESOLUTION[self.size]
         stage = self._pipeline(side, side, 2, 0, models)._text_stage()
-        m = _measure_stage(self.mm, "text", lambda: _run_limited(stage, None, META), [], self.granularity)
+        m = _measure_stage(self.mm, "text", lambda: run_limited(stage, None, META), [], self.granularity)
         return self._record(key, "text" if not fp8 else "text (fp8 T5)", 0, 0, 0,
                             ["t5_fp8" if fp8 else "t5"], m)
 
@@ -622,7 +622,7 @@ class StageEstimator:
             key = (stage.name, width, height, frames)
             if key not in self.cache:
                 inputs = _device_values(pipeline.values)
-                m = _measure_stage(self.mm, stage.name, lambda stage=stage: _run_limited(stage, 1, META), inputs,
+                m = _measure_stage(self.mm, stage.name, lambda stage=stage: run_limited(stage, 1, META), inputs,
                                    self.granularity)
                 self._record(key, stage.name, width, height, frames, stage_models(self.mm.release, stage.name), m)
             out[stage.name] = self.cache[key]
@@ -651,14 +651,14 @@ class StageEstimator:
         if key not in self.cache:
             kind = "video_movq" if self.mm.release == "1.1" else "movq"
             decoder, exclude = self._decoder(kind, dtype)
-            h, w = height // stages.LATENT_SCALE, width // stages.LATENT_SCALE
+            h, w = height // LATENT_SCALE, width // LATENT_SCALE
             latents = torch.zeros(frames, 4, h, w, device=META)
             part = latents[:clip] if tile is None else latents[:clip, :, :min(tile, h), :min(tile, w)]
             mode_autocast = self.mm.mode == "reference" and stage_autocast(self.mm.release, "decode")
-            with _mode_context(self.mm.mode, META, mode_autocast):
+            with mode_context(self.mm.mode, META, mode_autocast):
                 m = measure(lambda: decoder.decode(part), exclude=[*self.mm.exclude, *exclude], inputs=[latents],
                             autocast=mode_autocast, granularity=self.granularity, modules={kind: decoder})
-            note = f"clips of {clip} frames" + (f", tiles of {tile * stages.LATENT_SCALE} px" if tile else "")
+            note = f"clips of {clip} frames" + (f", tiles of {tile * LATENT_SCALE} px" if tile else "")
             if dtype is not None:
                 note += f", {dtype_name(dtype)} decoder"
             self._record(key, "decode", width, height, clip, [kind], m, note=note)
@@ -673,7 +673,7 @@ class StageEstimator:
 
             with torch.device("meta"):
                 other = build_model(self.mm.release, kind, getattr(release_config(self.mm.release, self.size), kind))
-            self._decoders[(kind, dtype)] = _materialise(other, META, dtype, 0)
+            self._decoders[(kind, dtype)] = materialise(other, META, dtype, 0)
         other = self._decoders[(kind, dtype)]
         return other, _tensors(other)
 
@@ -798,7 +798,7 @@ def decode_rows(estimator: StageEstimator, width: int, height: int, frames: int)
         result = estimator.decode(width, height, frames, clip=clip, tile=tile, dtype=dtype)
         weights = estimator.mm.weights[kind] if dtype is None else weight_bytes(estimator._decoder(kind, dtype)[0])
         rows.append({"release": estimator.mm.release, "mode": estimator.mm.mode, "variant": label,
-                     "clip": result.frames, "tile_px": tile * stages.LATENT_SCALE if tile else None,
+                     "clip": result.frames, "tile_px": tile * LATENT_SCALE if tile else None,
                      "dtype": dtype_name(dtype) if dtype else estimator.mm.dtypes.get(kind, ""),
                      "activation_bytes": result.activation_bytes, "weight_bytes": weights,
                      "offload_total_bytes": weights + result.activation_bytes, "peak_module": result.peak_module})

@@ -30,8 +30,8 @@ from ..io.checkpoints import LoadedModel, load_model, resolve_config
 from ..io.video import VIDEO_SUFFIXES, read_video
 from ..models.movq.model import MoVQ, encode_frames
 from ..models.temporal.selection import AUTO, check_variant, resolve_variant, temporal_parameters, variant_of
+from ..models.text.condition import TextCondition
 from ..runtime.stages import LATENT_SCALE, positions_10
-from ..sampling.guidance import TextCondition
 from ..sampling.schedules import K10Schedule, K11Schedule
 
 #: called after every step with (step, total steps, loss)

@@ -1,7 +1,7 @@
 """MoVQ, the latent autoencoder of Kandinsky Video: encoder, image decoder and 1.1's temporal ("video") decoder.
 
 Attribute names, and so the state-dict keys and their order, are those of the official ``movq.py`` of both releases,
-so the official ``movq.pt`` / ``video_movq.pt`` load strictly (reference-spec section 8).
+so the official ``movq.pt`` / ``video_movq.pt`` load strictly.
 
 Latents are the continuous ``quant_conv`` output: there is no vector quantiser and no scale factor. The decoder
 conditions its normalisations on the latent itself ("spatial norm", called ``zq`` officially). A temporal decoder
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 NORM_GROUPS = 32  # hard-coded by the official ``Normalize``
 NORM_EPS = 1e-6
-OFFICIAL_FRAMES_PER_CLIP = 4  # pipelines decode ``latents.chunk(N // 4)`` (B-28)
+OFFICIAL_FRAMES_PER_CLIP = 4  # pipelines decode ``latents.chunk(N // 4)`` (OB-28)
 MIN_TILE = 8  # latent pixels: smaller tiles would be mostly border
 DEFAULT_TILE_OVERLAP = 4  # latent pixels (32 image pixels)
 
@@ -37,7 +37,7 @@ class SpatialNorm(nn.Module):
     """GroupNorm, optionally modulated by the latent: ``GN(f) * conv_y(zq) + conv_b(zq)`` (no ``+1`` on the scale).
 
     ``zq`` is resized (nearest) to ``f``'s size. Built without ``zq_channels`` (the encoder) it is a plain GroupNorm;
-    called without ``zq`` (the temporal attention blocks, B-17) the modulation convolutions stay unused.
+    called without ``zq`` (the temporal attention blocks, OB-17) the modulation convolutions stay unused.
     """
 
     def __init__(self, channels: int, zq_channels: int | None = None) -> None:
@@ -188,7 +188,7 @@ class AttnBlock(nn.Module):
 class TemporalAttnBlock(AttnBlock):
     """Single-head attention along time, separately at every pixel of a clip of ``num_frames`` frames (1.1).
 
-    Its norm is built with latent modulation but the official decoder never passes the latent (B-17): it is a plain
+    Its norm is built with latent modulation but the official decoder never passes the latent (OB-17): it is a plain
     affine GroupNorm and ``norm.conv_y`` / ``norm.conv_b`` are loaded but unused.
     """
 
@@ -273,7 +273,7 @@ class Encoder(nn.Module):
     """Images -> pre-``quant_conv`` latents, ``downscale`` times smaller.
 
     Attention sits at the levels whose *nominal* size (``resolution`` halved per level) is in ``attn_resolutions``,
-    whatever the real input size (B-38).
+    whatever the real input size (OB-38).
     """
 
     def __init__(self, config: MoVQConfig) -> None:
@@ -403,7 +403,7 @@ class MoVQ(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, kernel_size=1)
         self.decoder = Decoder(config)
         self.decodes_clips: bool = config.temporal or config.temporal_attention_block
-        # Official 1.1 quirk (B-14): its AttnBlock hands the whole clip's latent to a per-sample SpatialNorm, which then
+        # Official 1.1 quirk [OB-14]: AttnBlock hands the whole clip's latent to a per-sample SpatialNorm, which then
         # reads only index 0, so the spatial attention norms of EVERY frame of a clip are modulated by the clip's first
         # latent frame (the ResNet and output norms use each frame's own latent). The released video decoder was used
         # this way, so a temporal decoder reproduces it; the image decoder is batched correctly, as 1.0 is (1.1 only
@@ -441,7 +441,7 @@ class MoVQ(nn.Module):
 
 
 def official_clip_frames(num_frames: int) -> int:
-    """Clip length of the official decode chunking ``latents.chunk(N // 4)`` (B-28), one clip when N < 4.
+    """Clip length of the official decode chunking ``latents.chunk(N // 4)`` (OB-28), one clip when N < 4.
 
     ``torch.chunk(n)`` splits into pieces of ``ceil(N / n)`` frames, the last one shorter: 15 -> 3 x 5,
     12 -> 3 x 4, 177 -> 35 x 5 + 2."""

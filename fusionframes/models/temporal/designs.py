@@ -12,7 +12,7 @@ blocks (through ``block_layer`` / ``attention_layer``). Their state-dict layouts
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 
@@ -26,8 +26,17 @@ from .layers import (
     WindowTemporalAttentionBlock,
 )
 
-if TYPE_CHECKING:
-    from ..unet.blocks import LevelSettings
+
+class LevelSettings(Protocol):
+    """What a design reads of a U-Net level (the U-Net's ``LevelSettings`` provides it; no import of the U-Net)."""
+
+    time_embed_dim: int
+    groups: int
+    head_dim: int
+    expansion_ratio: int
+    compression_ratio: int
+    self_attention: bool
+    level: int
 
 
 class TemporalDesign:

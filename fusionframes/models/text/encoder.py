@@ -1,19 +1,19 @@
 """The text stack of Kandinsky Video 1.0 and 1.1: T5 tokenisation, the FLAN-UL2 T5 encoder, the text projections.
 
 A prompt becomes a context the U-Nets attend to in four steps, exactly as the official code does it
-(reference-spec section 9):
+[OB-51]:
 
 1. **Tokenise** (``PromptTokenizer``): sentencepiece ids with ``</s>`` appended and no BOS, truncated to
    ``max_length`` (``text_encoder.tokens_length`` in ``configs.json``; 128 in both releases), right-padded with the pad
    id; the attention mask is 1 on the real tokens. 1.0's negative prompt reuses the positive prompt's length and mask
-   (bug B-3, reproduced by ``PromptTokenizer.tokenize_negative``).
+   (bug OB-3, reproduced by ``PromptTokenizer.tokenize_negative``).
 2. **Encode** with the T5 encoder (``load_t5_encoder``; a Hugging Face ``transformers`` ``T5EncoderModel``). 1.0 casts
-   the encoder to fp16 (B-5: its weights always pass through fp16) and replaces every sample holding inf/NaN by zeros,
-   whose mask is then zeroed (``zero_nonfinite``). 1.1 runs it in fp32 (B-33).
+   the encoder to fp16 (OB-5: its weights always pass through fp16) and replaces every sample holding inf/NaN by zeros,
+   whose mask is then zeroed (``zero_nonfinite``). 1.1 runs it in fp32 (OB-33).
 3. **Project** (``TextProjection``: ``Linear(d_model, context_dim, bias=False)`` + ``LayerNorm``) in fp32. 1.1 ships a
-   base and an interpolation projection; its pipelines use only the base one (B-9).
+   base and an interpolation projection; its pipelines use only the base one (OB-9).
 4. **Mask and trim**: projected vectors at masked positions are set to zero, and the context is cut to
-   ``max(mask.sum(-1)) + 1`` positions (one zero padding position kept, B-20).
+   ``max(mask.sum(-1)) + 1`` positions (one zero padding position kept, OB-20).
 
 ``TextEncoder`` bundles the four; ``TextEncoder.load`` builds it from files.
 """
@@ -32,7 +32,9 @@ from torch import nn
 
 from ...errors import CheckpointError, InputError
 from ..configs import RELEASES
+from ..dtypes import text_dtype
 from ..fp8_weights import store_linear_weights_in_fp8
+from .condition import TextCondition
 
 PROJECTION_BASE = "base"
 PROJECTION_INTERPOLATION = "interpolation"
@@ -243,7 +245,7 @@ class PromptTokenizer:
     def tokenize_negative(
         self, negative_prompts: str | Sequence[str], positive: TokenizedPrompts, max_length: int | None = None
     ) -> TokenizedPrompts:
-        """1.0's negative prompt rule (B-3), row by row against the positive prompts' tokens.
+        """1.0's negative prompt rule (OB-3), row by row against the positive prompts' tokens.
 
         The negative ids are cut to the positive prompt's token count, the last kept id is forced to ``</s>``, the rest
         is padding; the mask is the positive prompt's (so a shorter negative prompt attends to pad tokens and a longer
@@ -300,14 +302,6 @@ def _stack(rows: list[tuple[list[int], list[int]]]) -> TokenizedPrompts:
 # --------------------------------------------------------------------------------------------------------------------
 # T5 encoder
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def official_t5_dtype(release: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """The T5 compute dtype of the official code: fp16 for 1.0 (fp32 off CUDA, where fp16 is slow), fp32 for 1.1."""
-    _check_release(release)
-    if release == "1.0" and torch.device(device).type == "cuda":
-        return torch.float16
-    return torch.float32
 
 
 def _read_t5_config(source: Any) -> Any:
@@ -445,7 +439,7 @@ def load_t5_encoder(
     ``config`` (a config.json, its directory, a dict or a ``T5Config``), else the ``config.json`` beside the weights,
     else the built-in FLAN-UL2 config when the tensor shapes are FLAN-UL2's.
 
-    ``fp16_weights`` rounds every weight through float16 before casting it to ``dtype``: 1.0's ``.half()`` (B-5),
+    ``fp16_weights`` rounds every weight through float16 before casting it to ``dtype``: 1.0's ``.half()`` (OB-5),
     which fixes the weights even when the computation runs in fp32. ``fp8_weights`` then stores every linear weight in
     float8 (``fp8_weights.Float8Linear``; ``dtype`` stays the compute dtype), halving bf16's memory. Attention is the
     eager implementation, as in the transformers release the official code ran on.
@@ -666,16 +660,6 @@ def encode_prompt(
     return context[:, :length].contiguous(), mask[:, :length].contiguous()
 
 
-@dataclass
-class PromptContext:
-    """Encoded prompts: context ``(B, L, D)`` float32 and mask ``(B, L)`` int64, plus the negative prompt's (1.0)."""
-
-    context: torch.Tensor
-    mask: torch.Tensor
-    negative_context: torch.Tensor | None = None
-    negative_mask: torch.Tensor | None = None
-
-
 class TextEncoder:
     """Tokeniser + T5 encoder + projection(s) of one release; turns prompt strings into U-Net contexts.
 
@@ -733,11 +717,12 @@ class TextEncoder:
         ``projections_path``: 1.0's ``kandinsky_video.pt`` or 1.1's ``t5_projections.pt``. ``max_length`` and
         ``context_dim`` come from the release config (``load_release_config(...).text``: ``tokens_length``,
         ``context_dim``); ``context_dim`` is checked against the projections when given. ``dtype``: the T5's compute
-        dtype, default ``official_t5_dtype(release, device)``; 1.0's weights always pass through fp16 as officially.
+        dtype, default the dtype policy's ``auto`` for ``device`` (never fp16); 1.0's weights always pass through fp16
+        as officially.
         ``fp8_weights``: keep the T5's linear weights in float8 (half of bf16's memory; not the official numerics).
         """
         _check_release(release)
-        dtype = official_t5_dtype(release, device) if dtype is None else dtype
+        dtype = text_dtype("auto", device)[0] if dtype is None else dtype
         encoder_path = Path(encoder_path)
         if not encoder_path.exists():
             raise CheckpointError(f"text encoder not found: {encoder_path} does not exist. Give the google/flan-ul2 "
@@ -801,15 +786,23 @@ class TextEncoder:
         negative_prompts: str | Sequence[str] | None = None,
         *,
         projection: str = PROJECTION_BASE,
-    ) -> PromptContext:
-        """Contexts of the prompts (and of the negative prompts, by 1.0's rule B-3, trimmed on their own).
+    ) -> TextCondition:
+        """Contexts of the prompts (and of the negative prompts, by 1.0's rule OB-3, trimmed on their own).
 
-        ``projection``: ``"base"`` (what every official pipeline uses, B-9) or, for 1.1, ``"interpolation"``.
+        ``projection``: ``"base"`` (what every official pipeline uses, OB-9) or, for 1.1, ``"interpolation"``.
         """
         tokens = self.tokenize(prompts)
-        context, mask = self.encode_tokens(tokens, projection)
-        result = PromptContext(context, mask)
+        result = TextCondition(*self._finite(self.encode_tokens(tokens, projection)), release=self.release)
         if negative_prompts is not None:
             negative = self.tokenize_negative(negative_prompts, tokens)
-            result.negative_context, result.negative_mask = self.encode_tokens(negative, projection)
+            result.negative = TextCondition(*self._finite(self.encode_tokens(negative, projection)),
+                                            release=self.release)
         return result
+
+    def _finite(self, encoded: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """1.1 has no official guard against overflow [OB-46]: a non-finite context is an error, not a NaN video."""
+        if not self.zero_nonfinite and not torch.isfinite(encoded[0]).all():
+            dtype = next(self.t5.parameters()).dtype
+            raise InputError(f"the text encoder produced non-finite values computing in {str(dtype)[6:]}: load it in "
+                             "bf16 or fp32 (FLAN-UL2 overflows in fp16).")
+        return encoded

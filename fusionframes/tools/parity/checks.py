@@ -17,6 +17,8 @@ from PIL import Image
 
 from ...io.checkpoints import LoadedModel, load_model
 from ...models.movq.model import decode_video
+from ...models.text.condition import TextCondition
+from ...releases import MOTION_SCORES, SKIP_FRAMES, official_steps
 from ...runtime import stages
 from ...sampling import guidance
 from ...sampling.loop import sample
@@ -154,11 +156,11 @@ def check_free_run(case: Case, phase: str, schedule, denoise: guidance.Denoiser,
                     tolerance["rtol"], tolerance["atol"])
 
 
-def _text(t: dict, context: str = "context") -> guidance.TextCondition:
-    return guidance.TextCondition(t[context], t[f"{context}_mask"])
+def _text(t: dict, context: str = "context") -> TextCondition:
+    return TextCondition(t[context], t[f"{context}_mask"])
 
 
-def _k10_stages(case: Case, text: guidance.TextCondition, negative: guidance.TextCondition | None,
+def _k10_stages(case: Case, text: TextCondition, negative: TextCondition | None,
                 keyframe_unet, interp_unet, phases: list[tuple[str, torch.Tensor, int]]) -> list[Comparison]:
     """1.0: keyframe steps + the given interpolation phases (name, input keyframes, skip)."""
     meta, t = case.meta, case.tensors
@@ -166,8 +168,9 @@ def _k10_stages(case: Case, text: guidance.TextCondition, negative: guidance.Tex
     frames = t[f"{case.steps('keyframes')[0]}.x"].shape[0]
     results = []
     schedule = K10Schedule(steps, prediction="eps", percentile=meta.get("percentile", 0.98))
-    denoise = guidance.keyframes_10(keyframe_unet, text, frames, stages.positions_10(frames), meta["guidance"],
-                                    negative)
+    if negative is not None:
+        text = TextCondition(text.context, text.mask, negative=negative)
+    denoise = guidance.keyframes_10(keyframe_unet, text, frames, stages.positions_10(frames), meta["guidance"])
     results.append(check_steps(case, "keyframes", schedule, denoise))
     results.append(check_free_run(case, "keyframes", schedule, denoise))
     for phase, keyframes, skip in phases:
@@ -192,7 +195,7 @@ def check_k10_sampling(case: Case) -> list[Comparison]:
 
 def _k11_keyframe_denoiser(case: Case, unet, text, key_frame, motion_score: int) -> tuple:
     meta, t = case.meta, case.tensors
-    schedule = K11Schedule(stages.KEYFRAME_STEPS_11, spacing="leading", prediction="epsilon")
+    schedule = K11Schedule(official_steps("1.1", "keyframes"), spacing="leading", prediction="epsilon")
     augmentation = int(meta["noise_augmentation"])
     augmented = schedule.add_noise(key_frame, t["noise.keyframes.noise_aug"], augmentation)
     frames = t[f"{case.steps('keyframes')[0]}.x"].shape[0]
@@ -206,7 +209,7 @@ def _k11_stages(case: Case, text, keyframe_unet, interp_unet, key_frame, motion_
     meta, t = case.meta, case.tensors
     results = []
     if case.steps("first_frame"):
-        schedule = K11Schedule(stages.FIRST_FRAME_STEPS, spacing="leading", prediction="epsilon")
+        schedule = K11Schedule(official_steps("1.1", "first_frame"), spacing="leading", prediction="epsilon")
         denoise = guidance.first_frame_11(keyframe_unet, text, meta["key_frame_guidance_scale"])
         results += [check_steps(case, "first_frame", schedule, denoise),
                     check_free_run(case, "first_frame", schedule, denoise)]
@@ -214,7 +217,7 @@ def _k11_stages(case: Case, text, keyframe_unet, interp_unet, key_frame, motion_
     results += [check_steps(case, "keyframes", schedule, denoise),
                 check_free_run(case, "keyframes", schedule, denoise, x_init=t.get("noise.keyframes.init"))]
     for phase, keyframes, skip in phases:
-        schedule = K11Schedule(stages.INTERPOLATION_STEPS_11, spacing="trailing", prediction="v_prediction")
+        schedule = K11Schedule(official_steps("1.1", "interpolation"), spacing="trailing", prediction="v_prediction")
         denoise = guidance.interpolation_11(interp_unet, text, keyframes, skip, meta["interpolation_guidance_scale"])
         results += [check_steps(case, phase, schedule, denoise), check_free_run(case, phase, schedule, denoise)]
     return [r for r in results if r is not None]
@@ -223,7 +226,7 @@ def _k11_stages(case: Case, text, keyframe_unet, interp_unet, key_frame, motion_
 def check_k11_sampling(case: Case) -> list[Comparison]:
     keyframe_path, interp_path = _paths(case)
     t = case.tensors
-    motion = int(case.meta.get("motion_score", stages.MOTION_SCORES[case.meta.get("motion", "medium")]))
+    motion = int(case.meta.get("motion_score", MOTION_SCORES[case.meta.get("motion", "medium")]))
     return _k11_stages(case, _text(t), model_at(case, keyframe_path), model_at(case, interp_path),
                        t["key_frame_latent"], motion, [("interpolation", t["keyframes"], 3)])
 
@@ -245,7 +248,7 @@ def _interpolation_phases(case: Case) -> list[tuple[str, torch.Tensor, int]]:
         phase = f"interpolation{number}"
         if not case.steps(phase):
             break
-        phases.append((phase, keyframes, stages.SKIP_FRAMES[number]))
+        phases.append((phase, keyframes, SKIP_FRAMES[number]))
         keyframes = stages.interleave(keyframes, t[f"latents.{phase}"])
     return phases
 
@@ -297,7 +300,7 @@ def check_k11_pipeline(case: Case) -> list[Comparison]:
         results.append(_compare("first frame round trip", [("latents.key_frame", key_frame,
                                                              t["latents.key_frame"])],
                                 tolerance["rtol"], tolerance["atol"]))
-    motion = stages.MOTION_SCORES[meta.get("motion", "medium")]
+    motion = MOTION_SCORES[meta.get("motion", "medium")]
     results += _k11_stages(case, _text(t, "text.context"), model_at(case, str(release_dir / "t2v.pt")),
                            model_at(case, str(release_dir / "interpolation.pt")), t["latents.key_frame"], motion,
                            _interpolation_phases(case))

@@ -45,10 +45,10 @@ def text_encoding_comparisons(case: Case) -> list[Comparison]:
         encoded = k10.encode(prompt, negative if f"{p}.k10.negative_context" in t else None)
         contexts.add(f"{p}.k10.context", encoded.context, t[f"{p}.k10.context"], rtol, atol)
         contexts.add(f"{p}.k10.context_mask", encoded.mask, t[f"{p}.k10.context_mask"], 0, 0)
-        if encoded.negative_context is not None:
-            contexts.add(f"{p}.k10.negative_context", encoded.negative_context, t[f"{p}.k10.negative_context"],
+        if encoded.negative is not None:
+            contexts.add(f"{p}.k10.negative_context", encoded.negative.context, t[f"{p}.k10.negative_context"],
                          rtol, atol)
-            contexts.add(f"{p}.k10.negative_context_mask", encoded.negative_mask,
+            contexts.add(f"{p}.k10.negative_context_mask", encoded.negative.mask,
                          t[f"{p}.k10.negative_context_mask"], 0, 0)
         encoded = k11.encode(prompt)
         contexts.add(f"{p}.k11.context", encoded.context, t[f"{p}.k11.context"], rtol, atol)
@@ -72,9 +72,9 @@ def pipeline_text_comparisons(case: Case, release: str, release_dir: Path, text_
     comparison.add("text.context", encoded.context, t["text.context"], rtol, atol)
     comparison.add("text.context_mask", encoded.mask, t["text.context_mask"], 0, 0)
     if "text.negative_context" in t:
-        if encoded.negative_context is None:
+        if encoded.negative is None:
             comparison.failures.append("the case has a negative prompt context but no negative prompt was encoded")
         else:
-            comparison.add("text.negative_context", encoded.negative_context, t["text.negative_context"], rtol, atol)
-            comparison.add("text.negative_context_mask", encoded.negative_mask, t["text.negative_context_mask"], 0, 0)
+            comparison.add("text.negative_context", encoded.negative.context, t["text.negative_context"], rtol, atol)
+            comparison.add("text.negative_context_mask", encoded.negative.mask, t["text.negative_context_mask"], 0, 0)
     return [comparison]

@@ -1,4 +1,4 @@
-"""Drive a real ComfyUI 0.3.75 server (installed by scripts/install_comfyui_host.sh under .host/) from tests.
+"""Drive a real ComfyUI 0.3.75 server (installed by scripts/install_comfyui_host.sh under .host/): tests, demo.
 
 Standard library only: the tests run in the project's .venv, the server in .host/venv (its own torch). Typical use::
 
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST_DIR = REPO / ".host"
 COMFY_DIR = HOST_DIR / "ComfyUI"
 HOST_PYTHON = HOST_DIR / "venv" / "bin" / "python"

@@ -1,0 +1,254 @@
+"""The order of a run, defined once: which stages a release runs, the model each needs, its settings and its noise.
+
+The command line and library (:mod:`.pipeline`), the ComfyUI nodes and the benchmark all run their stages through
+a :class:`Sequencer`, so the same request and seed give the same tensors whichever of them runs it, and however a
+node graph cuts the run into pieces. Settings left at None take the release's official value (``releases.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields, replace
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import InputError
+from ..models.movq.model import Tiles
+from ..models.text.condition import TextCondition
+from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release, skip_frames
+from ..sampling.fast import SAMPLERS, make_schedule
+from ..sampling.loop import OnStep
+from ..sampling.noise import NoiseSource, SeededNoise
+from . import stages
+
+
+@dataclass
+class VideoRequest:
+    """What to generate, under one set of names for the command line, the library and the nodes.
+
+    ``guidance`` is the prompt's weight: 1.0's classifier-free guidance scale, 1.1's prompt weight.
+    ``first_frame_guidance`` (1.1 text-to-video), ``image_guidance``, ``motion`` and ``noise_augmentation`` are 1.1's
+    other weights. Every None takes the release's official value."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    image: Image.Image | None = None
+    width: int | None = 512  # None: not needed (interpolating given latents)
+    height: int | None = 512
+    fps: str = "low"
+    seed: int = 0
+    steps: int | None = None  # None: the official count of each stage (1.0: 50; 1.1: 50 / 50 / 10)
+    sampler: str = "official"  # or a faster option: "ddim", "dpmpp_2m" (never the default)
+    guidance: float | None = None
+    first_frame_guidance: float | None = None
+    image_guidance: float | None = None
+    interpolation_guidance: float | None = None
+    motion: str | None = None
+    noise_augmentation: int | None = None
+    keyframes: int | None = None
+    tile_size: int = 0  # decode in spatial tiles of this many pixels (0: whole frames)
+    tile_overlap: int = 32
+
+    def tiles(self) -> Tiles | None:
+        return Tiles.from_pixels(self.tile_size, self.tile_overlap, LATENT_SCALE)
+
+    @property
+    def passes(self) -> int:
+        return FPS_PASSES[self.fps]
+
+    def resolved(self, release_name: str) -> VideoRequest:
+        """A checked copy with every None replaced by the official value of ``release_name``."""
+        official = release(release_name)
+        if self.width is not None or self.height is not None:
+            stages.check_size(self.width, self.height)
+        self.tiles()
+        if self.fps not in FPS_PASSES:
+            raise InputError(f"fps must be one of {', '.join(FPS_PASSES)}, got {self.fps!r}.")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}.")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise InputError(f"steps must be a whole number of at least 1 (or None: official), got {self.steps!r}.")
+        if self.image is not None and not official.image_to_video:
+            raise InputError("image-to-video needs the 1.1 models; 1.0 generates from text only.")
+        if not isinstance(self.prompt, str):
+            raise InputError(f"the prompt must be text, got {type(self.prompt).__name__}.")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise InputError(f"the negative prompt must be text, got {type(self.negative_prompt).__name__}.")
+        settled = replace(self, **{f.name: getattr(official, f.name) for f in fields(self)
+                                   if getattr(self, f.name) is None and _is_official_default(official, f.name)})
+        if settled.keyframes is not None:  # None: the model's own count (1.0's config), else the official one
+            stages.check_frames(settled.keyframes, 2, "the number of keyframes")
+        _check_weights(settled, official)
+        return settled
+
+
+def _is_official_default(official: Release, name: str) -> bool:
+    return name in ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance", "motion",
+                    "noise_augmentation") and getattr(official, name) is not None
+
+
+def _check_weights(request: VideoRequest, official: Release) -> None:
+    for name in ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance"):
+        value = getattr(request, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value!r}.")
+    if official.image_to_video and request.motion not in MOTION_SCORES:
+        raise InputError(f"motion must be one of {', '.join(MOTION_SCORES)}, got {request.motion!r}.")
+
+
+def negative_prompt(release_name: str, text: str | None) -> str | None:
+    """The negative prompt a release encodes [OB-43]: 1.1 none (officially ignored); 1.0 the text, where an absent or
+    empty one means none (the null context, the official default)."""
+    if not release(release_name).negative_prompt or text is None or text == "":
+        return None
+    return text
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a run: its role (also its noise stream), the model kind it runs on and, for a sampling stage, the
+    name of its schedule."""
+
+    role: str
+    model: str
+    sampling: str | None = None
+    pass_number: int = 0
+
+
+def plan(release_name: str, *, passes: int = 0, image: bool = False, keyframes: bool = True, done: int = 0,
+         decode: bool = True) -> list[Stage]:
+    """The stages of a run: keyframes (1.1: first frame, its re-encoding, keyframes), ``passes`` interpolation passes
+    after ``done`` earlier ones, and the decoder."""
+    official = release(release_name)
+    out: list[Stage] = []
+    if keyframes:
+        if official.image_to_video:
+            if not image:
+                out.append(Stage("first_frame", "keyframe", "first_frame"))
+            out.append(Stage("key_frame", "movq"))
+        out.append(Stage("keyframes", "keyframe", "keyframes"))
+    for number in range(done + 1, done + passes + 1):
+        out.append(Stage(f"interpolation{number}", "interpolation", "interpolation", number))
+    if decode:
+        out.append(Stage("decode", official.decoder))
+    return out
+
+
+#: how a stage gets its network: ``models(kind)`` is a context in which the model of ``kind`` is ready on its device
+ModelAccess = Callable[[str], AbstractContextManager[nn.Module]]
+#: ``report(stage, total_steps)``: the sampler callback of a stage (None: no progress)
+StepReport = Callable[[Stage, int], OnStep | None]
+
+
+class Sequencer:
+    """Runs the stages of one release for one (resolved) request, with its noise and its models."""
+
+    def __init__(self, release_name: str, request: VideoRequest, models: ModelAccess, *,
+                 noise: NoiseSource | None = None, report: StepReport | None = None) -> None:
+        self.release = release(release_name)
+        self.request = request.resolved(release_name)
+        self.models = models
+        self.noise = noise if noise is not None else SeededNoise(self.request.seed)
+        self.report = report
+
+    def plan(self, *, keyframes: bool = True, passes: int | None = None, done: int = 0,
+             decode: bool = True) -> list[Stage]:
+        return plan(self.release.name, passes=self.request.passes if passes is None else passes,
+                    image=self.request.image is not None, keyframes=keyframes, done=done, decode=decode)
+
+    def steps(self, stage: Stage) -> int:
+        """Model calls of ``stage`` (0 for the stages that do not sample); also checks the sampler settings."""
+        if stage.sampling is None:
+            return 0
+        return len(make_schedule(self.release.name, stage.sampling, self.request.sampler,
+                                 self._steps(stage)).timesteps)
+
+    def _steps(self, stage: Stage) -> int | None:
+        # the official 1.0 sampler takes any count; 1.1's official samplers have fixed lengths (None)
+        if self.release.name == "1.0":
+            return self.request.steps or self.release.stage_steps(stage.sampling)
+        return self.request.steps
+
+    def _on_step(self, stage: Stage) -> OnStep | None:
+        return None if self.report is None else self.report(stage, self.steps(stage))
+
+    # -- the stages ----------------------------------------------------------------------------------------------
+
+    def first_frame(self, text: TextCondition) -> torch.Tensor:
+        """1.1: the first frame in image mode, at twice the video's resolution."""
+        stage, r = Stage("first_frame", "keyframe", "first_frame"), self.request
+        with self.models("keyframe") as unet:
+            return stages.sample_first_frame_11(unet, text, r.height, r.width, self.noise,
+                                                guidance_scale=r.first_frame_guidance, on_step=self._on_step(stage),
+                                                sampler=r.sampler, steps=self._steps(stage))
+
+    def key_frame(self, first_frame: torch.Tensor | None = None) -> torch.Tensor:
+        """1.1: the key-frame latent (4, h, w): the request's image, or the generated first frame, through MoVQ."""
+        r = self.request
+        with self.models("movq") as movq:
+            if r.image is not None:
+                return stages.encode_image(movq, r.image, r.width, r.height)
+            if first_frame is None:
+                raise InputError("text-to-video needs the generated first frame to make the key frame.")
+            return stages.first_frame_to_key_frame(movq, first_frame, r.width, r.height)
+
+    def keyframes(self, text: TextCondition, key_frame: torch.Tensor | None = None) -> torch.Tensor:
+        """The keyframe latents (N, 4, h, w): 1.0 from the text; 1.1 from the text and the key frame."""
+        stage, r = Stage("keyframes", "keyframe", "keyframes"), self.request
+        with self.models("keyframe") as unet:
+            if self.release.name == "1.0":
+                return stages.sample_keyframes_10(unet, text, r.height, r.width, self.noise, steps=self._steps(stage),
+                                                  guidance_scale=r.guidance, num_frames=r.keyframes,
+                                                  on_step=self._on_step(stage), sampler=r.sampler)
+            if key_frame is None:
+                raise InputError("1.1 keyframes need the key frame (from an image or a generated first frame).")
+            return stages.sample_keyframes_11(
+                unet, text, key_frame, self.noise, num_frames=r.keyframes or self.release.keyframes,
+                guidance_text=r.guidance, guidance_image=r.image_guidance, noise_augmentation=r.noise_augmentation,
+                motion_score=MOTION_SCORES[r.motion], on_step=self._on_step(stage), sampler=r.sampler,
+                steps=self._steps(stage))
+
+    def all_keyframes(self, text: TextCondition) -> torch.Tensor:
+        """Every keyframe stage of the release, in order."""
+        if self.release.name == "1.0":
+            return self.keyframes(text)
+        first = None if self.request.image is not None else self.first_frame(text)
+        return self.keyframes(text, self.key_frame(first))
+
+    def interpolation(self, text: TextCondition | None, video: torch.Tensor, pass_number: int) -> torch.Tensor:
+        """Interpolation pass ``pass_number`` (1, 2, ...): the groups of 3 new frames (N-1, 12, h, w)."""
+        stage, r = Stage(f"interpolation{pass_number}", "interpolation", "interpolation", pass_number), self.request
+        common = dict(guidance_scale=r.interpolation_guidance, skip_frames=skip_frames(pass_number), phase=stage.role,
+                      on_step=self._on_step(stage), sampler=r.sampler)
+        with self.models("interpolation") as unet:
+            if self.release.name == "1.0":
+                return stages.interpolate_10(unet, video, self.noise, steps=self._steps(stage), **common)
+            if text is None:
+                raise InputError("the 1.1 interpolation model is text-conditioned: give it the prompt.")
+            return stages.interpolate_11(unet, text, video, self.noise, steps=self._steps(stage), **common)
+
+    def interpolate(self, text: TextCondition | None, video: torch.Tensor, passes: int | None = None,
+                    done: int = 0) -> torch.Tensor:
+        """``passes`` (default: the request's fps) interpolation passes after ``done`` earlier ones: N -> 4N-3 each."""
+        passes = self.request.passes if passes is None else passes
+        for number in range(done + 1, done + passes + 1):
+            groups = self.interpolation(text, video, number)
+            video = stages.interleave(video.to(groups.device), groups).cpu()
+        return video
+
+    def decode(self, video: torch.Tensor, progress: Callable[[int, int], None] | None = None,
+               decoder: str | None = None) -> torch.Tensor:
+        """Frames (N, 3, H, W) in [0, 1] on the CPU, decoded by the release's decoder in its official clips."""
+        with self.models(decoder or self.release.decoder) as movq:
+            return stages.decode_frames(movq, video, tiles=self.request.tiles(), progress=progress)
+
+    def latents(self, text: TextCondition) -> torch.Tensor:
+        """Keyframes and every interpolation pass of the request: the latent video."""
+        return self.interpolate(text, self.all_keyframes(text))
