@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 from comfy_api.latest import io
 from torch import nn
 
 from ..fusionframes.io.checkpoints import inspect, load_model
-from ..fusionframes.models.configs import load_release_config
+from ..fusionframes.io.detect import projections_release
+from ..fusionframes.models.configs import release_config_for
 from ..fusionframes.models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES, model_dtype, text_dtype
 from ..fusionframes.models.text.encoder import TextEncoder
 from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
@@ -136,20 +135,17 @@ class LoadTextEncoder(io.ComfyNode):
         import comfy.model_management as mm
 
         projections_path = cm.checkpoint_path(projections)
-        info = inspect(projections_path)
-        release = info.release if info.kind == "text_projections" else "1.0"
-        if info.kind not in ("text_projections", "keyframe") or (info.kind == "keyframe" and info.release != "1.0"):
+        release = projections_release(inspect(projections_path))
+        if release is None:
             raise ValueError(f"{projections} holds no T5 projections: choose t5_projections.pt (1.1) or "
                              "kandinsky_video.pt (1.0).")
-        config_file = os.path.join(os.path.dirname(projections_path), "configs.json")
-        text_config = load_release_config(config_file, release).text if os.path.isfile(config_file) else None
+        text_config = release_config_for(projections_path, release).text
         device = mm.text_encoder_device()
         dtype, fp8 = text_dtype("fp8" if weight_dtype == FP8 else weight_dtype, device,
                                 bf16=cm.host_supports_bf16(device))
         encoder = TextEncoder.load(
             release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype, fp8_weights=fp8,
-            max_length=text_config.tokens_length if text_config else 128,
-            device=mm.text_encoder_offload_device(),
+            max_length=text_config.tokens_length, device=mm.text_encoder_offload_device(),
         )
         holder = nn.ModuleDict({"t5": encoder.t5, "projections": nn.ModuleDict(encoder.projections)})
         managed = cm.manage(holder, release, "text", text_encoder, text=True)

@@ -6,7 +6,7 @@ import math
 
 from comfy_api.latest import io
 
-from ..fusionframes.models.movq.model import Tiles, encode_frames, official_clip_frames
+from ..fusionframes.models.movq.decoding import Tiles, encode_frames, official_clip_frames
 from ..fusionframes.releases import KEYFRAME_FPS
 from ..fusionframes.runtime import stages
 from . import comfy_models as cm

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from fusionframes.errors import CheckpointError
-from fusionframes.io.checkpoints import convert, inspect, load_model, read_checkpoint
+from fusionframes.io.checkpoints import convert, inspect, load_model
+from fusionframes.io.detect import projections_release
+from fusionframes.io.files import read_checkpoint
 
 FILES = [
     ("k10/kandinsky_video.pt", "1.0", "keyframe"),
@@ -24,6 +26,17 @@ FILES = [
 def test_release_and_kind_are_detected_from_the_keys(golden, relative, release, kind):
     info = inspect(golden / "models" / relative)
     assert (info.release, info.kind) == (release, kind)
+
+
+@pytest.mark.parametrize("relative,release,kind", FILES)
+def test_the_files_holding_text_projections_are_told_apart(golden, relative, release, kind):
+    expected = {"k10/kandinsky_video.pt": "1.0", "k11/t5_projections.pt": "1.1"}.get(relative)
+    assert projections_release(inspect(golden / "models" / relative)) == expected
+
+
+def test_a_pre_zip_torch_file_is_read_without_mmap(tmp_path):
+    torch.save({"weight": torch.arange(3.0)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(tmp_path / "old.pt")["weight"], torch.arange(3.0))
 
 
 def test_loaded_unet_carries_its_null_embedding_and_is_frozen(golden):

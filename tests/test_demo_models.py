@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionframes.io.checkpoints import inspect, load_model, read_checkpoint
+from fusionframes.io.checkpoints import inspect, load_model
+from fusionframes.io.files import read_checkpoint
 from fusionframes.tools.demo_models import (
     CONTEXT_DIM_10,
     CONTEXT_DIM_11,

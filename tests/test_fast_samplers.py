@@ -20,8 +20,9 @@ from fusionframes.sampling.fast import (
     make_schedule,
 )
 from fusionframes.sampling.loop import sample
-from fusionframes.sampling.noise import RecordingNoise, SeededNoise
+from fusionframes.sampling.noise import SeededNoise
 from fusionframes.sampling.schedules import K10Schedule, K11Schedule
+from tests.recording_noise import RecordingNoise
 
 MU, STD = 0.3, 0.5  # the data distribution N(MU, STD^2), per element
 SHAPE = (1, 4, 64, 64)

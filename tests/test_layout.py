@@ -4,6 +4,7 @@ back through others (no import circle), so each role can be read, tested and rep
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +92,15 @@ def test_no_import_circle_in_the_engine():
 def test_scripts_never_import_the_tests():
     for path in (REPO / "scripts").glob("*.py"):
         assert not any(name == "tests" or name.startswith("tests.") for name in _imports(path)), path.name
+
+
+def test_the_readmes_layout_names_only_what_exists():
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    names = set(re.findall(r"[A-Za-z_][\w]*(?:\.py|\.md|/)", block))
+    assert len(names) > 30
+    everything = {p.name for p in REPO.rglob("*") if ".venv" not in p.parts and ".host" not in p.parts}
+    missing = sorted(n for n in names if n.rstrip("/") not in everything)
+    assert not missing, f"README layout names what is not in the tree: {missing}"

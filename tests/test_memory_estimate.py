@@ -166,7 +166,7 @@ def _stage_peaks(device: str, mode: str) -> dict[str, int]:
         with mode_context(mode, torch.device(device), False):
             m = me.measure(lambda stage=stage: run_limited(stage, 1, torch.device(device)), device_type=device,
                            exclude=weights, granularity=1, cuda_attention=device == "meta",
-                           inputs=me._device_values(pipeline.values) if device == "meta" else [])
+                           inputs=me.device_values(pipeline.values) if device == "meta" else [])
         peaks[stage.name] = m.peak
     latents = torch.zeros(5, 4, 8, 8, device=device)
     for name, kind in (("decode", "video_movq"), ("image_decode", "movq")):

@@ -13,7 +13,8 @@ from fusionframes.errors import ConfigError, InputError
 from fusionframes.io.checkpoints import load_model
 from fusionframes.io.manifest import manifest_lines
 from fusionframes.models.configs import MoVQConfig, load_release_config, official_config
-from fusionframes.models.movq.model import MoVQ, Tiles, decode_video, encode_frames, official_clip_frames
+from fusionframes.models.movq.decoding import Tiles, decode_video, encode_frames, official_clip_frames
+from fusionframes.models.movq.model import MoVQ
 from fusionframes.tools.parity.fixtures import Comparison, load_case
 
 FIXTURES = [
@@ -47,7 +48,7 @@ def test_matches_official_fixture(golden: Path, case_name: str, release: str, se
 
 
 def test_video_fixture_needs_first_frame_attention_quirk(golden: Path) -> None:
-    """OB-14 is what the official video decoder computes: turning it off moves the fixture's frames."""
+    """[OB-14] is what the official video decoder computes: turning it off moves the fixture's frames."""
     movq = _fixture_model(golden, "1.1", "video_movq", "k11/video_movq.pt")
     case = load_case(golden, "k11_video_movq_decode_clip")
     assert movq.attention_norm_from_first_frame
@@ -87,7 +88,7 @@ def _random_movq(temporal: bool, seed: int = 0) -> MoVQ:
 
 
 def test_official_clip_frames() -> None:
-    # torch.chunk(N // 4) piece sizes for the official frame counts (OB-28); N < 4 is one clip.
+    # torch.chunk(N // 4) piece sizes for the official frame counts [OB-28]; N < 4 is one clip.
     for frames, clip in {15: 5, 12: 4, 45: 5, 57: 5, 177: 5, 225: 5, 4: 4, 5: 5, 7: 7, 8: 4, 3: 3, 1: 1}.items():
         assert official_clip_frames(frames) == clip
         if frames >= 4:
@@ -118,7 +119,7 @@ def test_decode_video_clip_frames_override() -> None:
 
 def test_temporal_clip_uses_first_frame_for_attention_norms() -> None:
     """Within a clip, changing a later frame's latent reaches the other frames only through temporal layers; with the
-    temporal layers switched off the attention norms still see frame 0's latent for every frame (OB-14)."""
+    temporal layers switched off the attention norms still see frame 0's latent for every frame [OB-14]."""
     movq = _random_movq(temporal=True)
     with torch.no_grad():
         for name, param in movq.decoder.named_parameters():

@@ -7,7 +7,7 @@ import torch
 
 from fusionframes.errors import OutOfMemory
 from fusionframes.io.checkpoints import load_model
-from fusionframes.models.movq.model import Tiles, decode_video
+from fusionframes.models.movq.decoding import Tiles, decode_video
 from fusionframes.models.text.condition import TextCondition
 from fusionframes.runtime import stages
 from fusionframes.sampling.noise import SeededNoise

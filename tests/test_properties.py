@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fusionframes.errors import FusionFramesError
 from fusionframes.io.checkpoints import load_model
 from fusionframes.models.configs import load_release_config
-from fusionframes.models.movq.model import decode_video, encode_frames
+from fusionframes.models.movq.decoding import decode_video, encode_frames
 from fusionframes.models.text.condition import TextCondition
 from fusionframes.models.text.encoder import TextEncoder
 from fusionframes.runtime import stages

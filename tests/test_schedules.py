@@ -13,16 +13,18 @@ import torch
 
 from fusionframes.errors import InputError
 from fusionframes.sampling.loop import noise_role, sample
-from fusionframes.sampling.noise import RecordedNoise, RecordingNoise, SeededNoise
+from fusionframes.sampling.noise import RecordedNoise, SeededNoise
 from fusionframes.sampling.schedules import (
     K10Schedule,
     K11Schedule,
     _official_k11_alphas_cumprod,
     cfg,
     cfg3,
+    dynamic_threshold,
     k11_alphas_cumprod,
 )
 from fusionframes.tools.parity.fixtures import Case, Comparison, load_case
+from tests.recording_noise import RecordingNoise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,7 +234,7 @@ def test_k10_schedule_numbers():
     assert s.alphas_cumprod[49].item() == pytest.approx(9.712e-7, rel=1e-3)
     # log variance at index 0 is index 1's
     assert s.posterior_log_variance[0].item() == s.posterior_log_variance[1].item()
-    # OB-23: non-divisors truncate the time scale
+    # non-divisors truncate the time scale [OB-23]
     assert K10Schedule(30).time_scale == 33 and K10Schedule(30).model_time(29) == 957
     assert all(s.needs_noise(t) for t in s.timesteps)
 
@@ -248,11 +250,11 @@ def test_k11_schedule_numbers():
     assert ac[20].item() == pytest.approx(0.998114, abs=5e-7)
     assert ac[500].item() == pytest.approx(0.492265, abs=5e-7)
     assert ac[980].item() == pytest.approx(8.737e-4, rel=1e-3)
-    assert leading.previous_timestep(980) == 960 and leading.previous_timestep(0) == -1
-    assert trailing.previous_timestep(999) == 899 and trailing.previous_timestep(99) == -1
+    assert leading._coef(980).prev_t == 960 and leading._coef(0).prev_t == -1
+    assert trailing._coef(999).prev_t == 899 and trailing._coef(99).prev_t == -1
     assert leading.model_time(980) == 980
     assert not leading.needs_noise(0) and leading.needs_noise(20) and trailing.needs_noise(99)
-    # the key-frame noise augmentation at t = 20: 0.999057 * kf + 0.043425 * n (OB-6)
+    # the key-frame noise augmentation at t = 20: 0.999057 * kf + 0.043425 * n [OB-6]
     one = torch.ones(1, 4, 2, 2)
     assert leading.add_noise(one, torch.zeros_like(one), 20)[0, 0, 0, 0].item() == pytest.approx(0.999057, abs=1e-6)
     assert leading.add_noise(torch.zeros_like(one), one, 20)[0, 0, 0, 0].item() == pytest.approx(0.043425, abs=1e-6)
@@ -304,6 +306,7 @@ def test_k10_thresholding():
     x0[1] = 0.5  # quantile 0.5 < 1: untouched
     x0[1, 0, 0, 0] = 7.0  # a single outlier does not move the 0.98 quantile; clipped to 1
     out = s.threshold(x0, 0.98)
+    assert torch.equal(out, dynamic_threshold(x0))  # the one implementation, also the fast samplers' "dynamic"
     assert torch.allclose(out[0], torch.ones(4, 8, 8))
     assert out[1, 0, 0, 0].item() == 1.0 and out[1, 1, 0, 0].item() == 0.5
     assert s.threshold(x0, None).max().item() == 1.0 and s.threshold(x0, None)[1, 1, 0, 0].item() == 0.5

@@ -10,6 +10,7 @@ import torch
 
 from fusionframes.errors import CheckpointError, InputError
 from fusionframes.io.checkpoints import load_model
+from fusionframes.io.detect import detect_variant
 from fusionframes.models.configs import official_config
 from fusionframes.models.temporal.layers import (
     KeyframeTemporalAttentionBlock,
@@ -20,9 +21,7 @@ from fusionframes.models.temporal.layers import (
 )
 from fusionframes.models.temporal.selection import (
     VARIANTS,
-    detect_variant,
     make_design,
-    parameter_count,
     parse_levels,
     select_temporal_blocks,
     temporal_layers,
@@ -91,6 +90,13 @@ def test_models_without_keyframe_temporal_blocks_are_not_detected() -> None:
         interpolation = InterpolationUNet11(_tiny_config("1.1", "interpolation"))
     assert detect_variant(interpolation.state_dict().keys()) is None
     assert detect_variant(["in_layer.weight", "to_time_embed.1.weight"]) is None
+
+
+def parameter_count(model: torch.nn.Module, temporal_only: bool = False) -> int:
+    """Parameters of the model (or of its temporal layers alone); works on ``meta`` models."""
+    if temporal_only:
+        return sum(layer_param.numel() for _, layer in temporal_layers(model) for layer_param in layer.parameters())
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -13,15 +13,10 @@ from safetensors.torch import load_file, save_file
 from fusionframes.errors import CheckpointError, InputError
 from fusionframes.models.configs import load_release_config
 from fusionframes.models.fp8_weights import Float8Linear
-from fusionframes.models.text.encoder import (
-    FLAN_UL2_CONFIG,
-    PromptTokenizer,
-    TextEncoder,
-    TextProjection,
-    encode_prompt,
-    load_projections,
-    load_t5_encoder,
-)
+from fusionframes.models.text.encoder import TextEncoder, encode_prompt
+from fusionframes.models.text.projections import TextProjection, load_projections
+from fusionframes.models.text.t5_files import FLAN_UL2_CONFIG, load_t5_encoder
+from fusionframes.models.text.tokenizer import PromptTokenizer
 from fusionframes.tools.parity.fixtures import Comparison, load_case
 
 PROJECTION_FILES = {"1.0": "models/k10/kandinsky_video.pt", "1.1": "models/k11/t5_projections.pt"}
@@ -357,7 +352,7 @@ def test_loading_errors(tmp_path: Path, golden: Path, t5_dir: Path):
     with pytest.raises(CheckpointError, match="does not exist"):
         PromptTokenizer.from_path(tmp_path / "nowhere")
     encoder = TextEncoder.load("1.1", no_tokenizer, projections, tokenizer_path=t5_dir)  # tokenizer given apart
-    assert encoder.d_model == 32
+    assert encoder.t5.config.d_model == 32
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(t5_dir / "config.json", no_weights / "config.json")
@@ -390,7 +385,7 @@ def test_input_errors(k11: TextEncoder):
         k11.encode("a cat", projection="keyframe")
     with pytest.raises(InputError):
         TextEncoder.load("0.9", "x", "y")
-    assert k11.to("cpu") is k11 and k11.device.type == "cpu"
+    assert k11.to("cpu") is k11 and next(k11.t5.parameters()).device.type == "cpu"
 
 
 def _nbytes(module: torch.nn.Module) -> int:

@@ -10,7 +10,8 @@ import torch
 
 from fusionframes.cli import main
 from fusionframes.errors import CheckpointError, InputError
-from fusionframes.io.checkpoints import load_model, read_checkpoint
+from fusionframes.io.checkpoints import load_model
+from fusionframes.io.files import read_checkpoint
 from fusionframes.io.video import write_video
 from fusionframes.models.temporal.selection import temporal_layers
 from fusionframes.tools.training import TrainingConfig, train_temporal

@@ -1,36 +1,32 @@
-"""Official checkpoint files: safe reading, detection of release and model kind, loading, conversion.
+"""Official checkpoint files: loading them into models, conversion to safetensors.
 
-``.pt`` files are read only with ``torch.load(weights_only=True)`` (no arbitrary objects are ever unpickled);
-``.safetensors`` files written by ``convert`` hold the same tensors with the nesting flattened into key prefixes.
+Files are read by ``files`` (``.pt`` only with ``torch.load(weights_only=True)``: no arbitrary objects are ever
+unpickled) and told apart by ``detect`` (release and kind from the keys alone). ``.safetensors`` files written by
+``convert`` hold the same tensors with the nesting flattened into key prefixes.
 Models are built on the ``meta`` device and the checked tensors assigned into them, so a failed load leaves
 nothing half-built and a 16 GB checkpoint is not copied twice.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.configs import MODEL_KINDS, MoVQConfig, ReleaseConfig, UNetConfig, load_release_config, official_config
+from ..models.configs import MODEL_KINDS, MoVQConfig, UNetConfig, official_config, release_config_for
 from ..models.movq.model import MoVQ
 from ..models.temporal.designs import TemporalDesign
 from ..models.temporal.selection import design_for_keys
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
 from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
-
-#: nested groups of the official files, flattened to ``GROUP.key`` in safetensors
-NESTED_GROUPS = ("unet", "projections", "projection_base", "projection_interpolation")
+from .detect import CheckpointInfo, detect
+from .files import flatten, read_checkpoint, read_safetensors
 
 MODEL_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("1.0", "keyframe"): KeyframeUNet10,
@@ -49,130 +45,6 @@ KIND_LABELS = {
     "video_movq": "a temporal MoVQ (video_movq.pt)",
     "text_projections": "the T5 projections (t5_projections.pt)",
 }
-
-
-@dataclass
-class CheckpointInfo:
-    """What a checkpoint file holds."""
-
-    path: Path
-    release: str
-    kind: str
-    weights: dict[str, torch.Tensor]
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_pt(path: Path) -> Any:
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        blocked = re.search(r"GLOBAL (\S+)", str(error))
-        if blocked:
-            raise CheckpointError(
-                f"{path}: refused to load: the file contains a Python object ({blocked.group(1)}), not only "
-                "tensors; loading it could run code. Official Kandinsky Video checkpoints hold only tensors: "
-                "download the official file."
-            ) from None
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint. The file is probably truncated or corrupted: "
-            "download it again."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({str(error).splitlines()[0]}). "
-            "The file is probably truncated or corrupted: download it again."
-        ) from None
-
-
-def _read_safetensors(path: Path) -> dict[str, Any]:
-    try:
-        flat = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: cannot be read as safetensors ({error}). The file is probably truncated or corrupted."
-        ) from None
-    return unflatten(flat)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw content of a checkpoint: a dict of tensors and (for the U-Nets) nested dicts, as the .pt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}. Check the file name and folder.")
-    content = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pt(path)
-    if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(content).__name__}.")
-    return dict(content)
-
-
-def flatten(content: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Nested checkpoint dict -> flat ``GROUP.key`` tensors (contiguous, as safetensors requires)."""
-    flat: dict[str, torch.Tensor] = {}
-    for key, value in content.items():
-        if isinstance(value, Mapping):
-            if key not in NESTED_GROUPS:
-                raise CheckpointError(f"unexpected nested group {key!r} in checkpoint")
-            for inner, tensor in value.items():
-                flat[f"{key}.{inner}"] = tensor.contiguous()
-        elif isinstance(value, torch.Tensor):
-            flat[key] = value.contiguous()
-        else:
-            raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
-    return flat
-
-
-def unflatten(flat: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    content: dict[str, Any] = {}
-    for key, tensor in flat.items():
-        group, _, rest = key.partition(".")
-        if group in NESTED_GROUPS and rest:
-            content.setdefault(group, {})[rest] = tensor
-        else:
-            content[key] = tensor
-    return content
-
-
-def _unet_kind(keys: set[str]) -> tuple[str, str] | None:
-    if "perturbation_to_time_embed.1.weight" in keys:
-        nested = any(".temporal_projection_new." in k for k in keys)
-        return ("1.1" if nested else "1.0"), "interpolation"
-    if "to_temporal_embed.1.weight" in keys:
-        return ("1.1" if "image_in_layer.weight" in keys else "1.0"), "keyframe"
-    return None
-
-
-def detect(content: Mapping[str, Any], path: Path) -> CheckpointInfo:
-    """Tell release and model kind from the keys alone."""
-    if "projection_base" in content:
-        weights = {f"{group}.{k}": v for group in ("projection_base", "projection_interpolation")
-                   for k, v in content.get(group, {}).items()}
-        return CheckpointInfo(path, "1.1", "text_projections", weights)
-    if isinstance(content.get("unet"), Mapping):
-        weights = dict(content["unet"])
-        found = _unet_kind(set(weights))
-        if found is None:
-            raise CheckpointError(
-                f"{path}: holds a U-Net without temporal layers (a Kandinsky 3 text-to-image model?); "
-                "expected a Kandinsky Video keyframe or interpolation checkpoint."
-            )
-        extras = {k: v for k, v in content.items() if k != "unet"}
-        if "null_embedding" not in extras:
-            raise CheckpointError(f"{path}: the U-Net checkpoint has no 'null_embedding'; the file is incomplete.")
-        return CheckpointInfo(path, found[0], found[1], weights, extras)
-    keys = set(content)
-    if "encoder.conv_in.weight" in keys and "decoder.conv_in.weight" in keys:
-        temporal = any(k.startswith("decoder.") and ".temporal_" in k for k in keys)
-        return CheckpointInfo(path, "1.1" if temporal else "1.0", "video_movq" if temporal else "movq",
-                              dict(content))
-    raise CheckpointError(
-        f"{path}: not a Kandinsky Video checkpoint (no U-Net under 'unet', no MoVQ encoder/decoder keys, no T5 "
-        f"projections). First keys: {', '.join(sorted(keys)[:5])}."
-    )
 
 
 def inspect(path: str | Path) -> CheckpointInfo:
@@ -219,14 +91,6 @@ def check_state_dict(model: nn.Module, weights: Mapping[str, torch.Tensor], path
     )
 
 
-def resolve_config(release: str, config_path: str | Path | None, checkpoint_path: Path) -> ReleaseConfig:
-    """configs.json given, or found beside the checkpoint, else the official defaults."""
-    if config_path is None:
-        beside = checkpoint_path.parent / "configs.json"
-        config_path = beside if beside.is_file() else None
-    return load_release_config(config_path, release) if config_path else official_config(release)
-
-
 @dataclass
 class LoadedModel:
     model: nn.Module
@@ -258,7 +122,7 @@ def load_model(
         )
     if info.kind not in MODEL_KINDS:
         raise CheckpointError(f"{info.path.name} is {KIND_LABELS[info.kind]}, not a model this loader builds.")
-    config = resolve_config(info.release, config_path, info.path).for_kind(info.kind)
+    config = release_config_for(info.path, info.release, config_path).for_kind(info.kind)
     design = design_for_keys(info.release, info.weights) if info.kind == "keyframe" else None
     with torch.device("meta"):
         model = build_model(info.release, info.kind, config, design)
@@ -289,7 +153,7 @@ def convert(source: str | Path, destination: str | Path) -> int:
 
 
 def verify_copy(expected: Mapping[str, torch.Tensor], path: Path) -> None:
-    copy = load_file(str(path))
+    copy = read_safetensors(path)
     if set(copy) != set(expected):
         raise CheckpointError(f"{path}: the converted file's keys differ from the source's.")
     for key, tensor in expected.items():

@@ -225,3 +225,17 @@ def load_release_config(path: str | Path, release: str) -> ReleaseConfig:
         fields_ = {f.name for f in dataclasses.fields(TextConfig)}
         updates["text"] = TextConfig(**{k: v for k, v in text.items() if k in fields_})
     return dataclasses.replace(base, **updates)
+
+
+#: the file of a release folder that describes its models (1.1 ships one; 1.0 none, our 1.0 fixtures use the schema)
+CONFIGS_FILE = "configs.json"
+
+
+def release_config_for(location: str | Path, release: str, config: str | Path | None = None) -> ReleaseConfig:
+    """The configuration of the models at ``location`` (a release folder, or a file in one): ``config`` (a
+    ``configs.json``) when given, else the ``configs.json`` in that folder, else ``release``'s official defaults."""
+    if not config:
+        location = Path(location)
+        beside = (location if location.is_dir() else location.parent) / CONFIGS_FILE
+        config = beside if beside.is_file() else None
+    return load_release_config(config, release) if config else official_config(release)

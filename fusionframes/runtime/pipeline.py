@@ -18,9 +18,9 @@ import torch
 
 from ..errors import CheckpointError, InputError
 from ..io.checkpoints import LoadedModel, load_model
-from ..models.configs import load_release_config, official_config
+from ..models.configs import release_config_for
 from ..models.dtypes import text_dtype as text_dtype_policy
-from ..models.movq.model import encode_frames
+from ..models.movq.decoding import encode_frames
 from ..models.temporal.selection import check_variant, select_temporal_blocks
 from ..models.text.condition import TextCondition
 from ..models.text.encoder import TextEncoder
@@ -115,9 +115,7 @@ class VideoPipeline:
                     use_channels_last(models[kind].model)
                 if compile and kind in ("keyframe", "interpolation"):
                     models[kind].model.compile()
-        config_file = folder / "configs.json"
-        config = (load_release_config(config_file, release_name) if config_file.is_file()
-                  else official_config(release_name))
+        config = release_config_for(folder, release_name)
         # the text encoder waits on the CPU: it runs once per video, for a fraction of a second on a GPU
         text_dtype = text_dtype or text_dtype_policy("auto", placement.device("text"))[0]
         text = None if text_encoder is None else TextEncoder.load(

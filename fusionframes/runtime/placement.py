@@ -62,6 +62,3 @@ class Placement:
     def device(self, kind: str) -> torch.device:
         """The device of a model kind (``video_movq`` uses the ``movq`` role's)."""
         return self.devices.get(KIND_ROLES[kind], self.default)
-
-    def describe(self) -> str:
-        return ", ".join(f"{role}={self.device(role)}" for role in ROLES)

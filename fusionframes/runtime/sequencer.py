@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InputError
-from ..models.movq.model import Tiles
+from ..models.movq.decoding import Tiles
 from ..models.text.condition import TextCondition
 from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release, skip_frames
 from ..sampling.fast import SAMPLERS, make_schedule

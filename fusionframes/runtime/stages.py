@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.movq.model import MoVQ, Tiles, decode_video
+from ..models.movq.decoding import Tiles, decode_video
+from ..models.movq.model import MoVQ
 from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
 from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..releases import DYNAMIC_PERCENTILE, OFFICIAL
-from .schedules import DiffusionSchedule, K10Schedule, K11Schedule, cosine_alpha_bar
+from ..releases import OFFICIAL
+from .schedules import DiffusionSchedule, K10Schedule, K11Schedule, cosine_alpha_bar, dynamic_threshold
 
 __all__ = [
     "DDIMSchedule",
@@ -54,13 +54,10 @@ __all__ = [
     "OFFICIAL_STEPS",
     "PREDICTIONS",
     "SAMPLERS",
-    "SAMPLER_DESCRIPTIONS",
-    "STAGES",
     "make_schedule",
     "noise_levels",
 ]
 
-STAGES = ("first_frame", "keyframes", "interpolation")
 #: model calls per stage of the official samplers, (release, stage) -> count (from ``releases.py``)
 OFFICIAL_STEPS = {(r.name, stage): count for r in OFFICIAL.values() for stage, count in r.steps.items()}
 #: what each stage's model predicts, (release, stage) -> "eps" / "v"
@@ -182,14 +179,6 @@ def noise_levels(release: str) -> NoiseLevels:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _dynamic_threshold(x0: torch.Tensor, percentile: float = DYNAMIC_PERCENTILE) -> torch.Tensor:
-    """1.0's ``process_x_start``: per batch element ``q = max(quantile(|x0|, p), 1)``, ``clip(x0, -q, q) / q``."""
-    b = x0.shape[0]
-    q = torch.quantile(x0.reshape(b, -1).abs(), percentile, dim=-1).clamp(min=1.0)
-    q = q.reshape(b, *((1,) * (x0.ndim - 1)))
-    return torch.clip(x0, -q, q) / q
-
-
 def _threshold_function(kind: str | None, levels: NoiseLevels) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if kind not in _THRESHOLDS:
         raise InputError(f"threshold must be one of 'official', 'clip', 'dynamic' or None, got {kind!r}.")
@@ -198,7 +187,7 @@ def _threshold_function(kind: str | None, levels: NoiseLevels) -> Callable[[torc
     if kind == "clip":
         return lambda x0: torch.clamp(x0, -1.0, 1.0)
     if kind == "dynamic":
-        return _dynamic_threshold
+        return dynamic_threshold
     return None
 
 
@@ -339,9 +328,6 @@ class DPMSolverPP2MSchedule(_FastSchedule):
         self._order = {t: i for i, t in enumerate(self.timesteps)}
         self._history: tuple[int, torch.Tensor] | None = None
 
-    def reset(self) -> None:
-        self._history = None
-
     def step(self, x: torch.Tensor, model_output: torch.Tensor, t: int,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         tr = self._transition(t)
@@ -420,11 +406,6 @@ SAMPLERS: dict[str, Callable[..., DiffusionSchedule]] = {
     "official": _official,
     "ddim": _ddim,
     "dpmpp_2m": _dpmpp_2m,
-}
-SAMPLER_DESCRIPTIONS = {
-    "official": "the release's own DDPM sampler (default; matches the reference code)",
-    "ddim": "DDIM, eta 0 = deterministic -- faster with fewer steps, NOT the official sampler",
-    "dpmpp_2m": "DPM-Solver++(2M), deterministic -- faster with fewer steps, NOT the official sampler",
 }
 
 

@@ -3,7 +3,7 @@
 Every random tensor a sampler draws is asked for by *role* (``"init"``, ``"step.007"``, ``"noise_aug"``) inside a
 *phase* (``"keyframes"``, ``"interpolation1"``, ...). The default source draws from seeded CPU generators, one stream
 per phase, so one seed gives the same video on every device; a recorded source replays the tensors of a parity fixture
-instead, and a recording source keeps what another source handed out (tests compare runs with it).
+instead.
 """
 
 from __future__ import annotations
@@ -79,28 +79,3 @@ class RecordedNoise(NoiseSource):
 
     normal = _take
     uniform = _take
-
-
-class RecordingNoise(NoiseSource):
-    """Hands out ``source``'s noise and keeps every tensor under ``noise.PHASE.ROLE`` (replayable by
-    :class:`RecordedNoise`)."""
-
-    def __init__(self, source: NoiseSource) -> None:
-        self.source = source
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.draws: list[tuple[str, str]] = []  # (phase, role) in the order they were asked for
-
-    @property
-    def roles(self) -> list[str]:
-        return [role for _, role in self.draws]
-
-    def _keep(self, phase: str, role: str, tensor: torch.Tensor) -> torch.Tensor:
-        self.draws.append((phase, role))
-        self.tensors[f"noise.{phase}.{role}"] = tensor.clone()
-        return tensor
-
-    def normal(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
-        return self._keep(phase, role, self.source.normal(phase, role, shape))
-
-    def uniform(self, phase: str, role: str, shape: Sequence[int]) -> torch.Tensor:
-        return self._keep(phase, role, self.source.uniform(phase, role, shape))

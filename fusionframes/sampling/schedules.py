@@ -10,14 +10,14 @@ both releases:
 * ``add_noise(x, noise, t)`` -- the forward process ``q(x_t | x_0)``.
 
 **Kandinsky Video 1.0** (:class:`K10Schedule`, official ``video_kandinsky3/model/diffusion.py``): a cosine schedule
-discretised directly into ``steps`` bins (so ``steps`` *is* the schedule, OB-23), every bin visited, ``t`` is the step
+discretised directly into ``steps`` bins (so ``steps`` *is* the schedule [OB-23]), every bin visited, ``t`` is the step
 index ``steps-1 .. 0`` and the model sees ``t * (1000 // steps)``. Ancestral DDPM update with the 0.98-quantile
 dynamic thresholding of ``x0``; a noise tensor is consumed at every step, also at ``t = 0`` where it is multiplied by
-zero (OB-36).
+zero [OB-36].
 
 **Kandinsky Video 1.1** (:class:`K11Schedule`, official ``kandinsky_video/model/diffusion.py``): the semantics of
 diffusers' ``DDPMScheduler`` as configured there (1000 training steps, ``squaredcos_cap_v2`` betas, zero-terminal-SNR
-rescale, ``fixed_small_log`` variance, thresholding that degenerates to ``clamp(x0, -1, 1)`` (OB-25)), reimplemented
+rescale, ``fixed_small_log`` variance, thresholding that degenerates to ``clamp(x0, -1, 1)`` [OB-25]), reimplemented
 without diffusers. ``t`` is the scheduler timestep, which is also the model time; noise is consumed only when ``t > 0``.
 
 Numerics. Tables and per-step coefficients are built in float32 on the CPU in the official order of operations, so
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..releases import DYNAMIC_PERCENTILE
 
 __all__ = [
     "DiffusionSchedule",
@@ -52,6 +53,7 @@ __all__ = [
     "cfg3",
     "cosine_alpha_bar",
     "cosine_betas",
+    "dynamic_threshold",
     "k11_alphas_cumprod",
     "k11_timesteps",
 ]
@@ -143,12 +145,6 @@ def cosine_betas(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
     return torch.tensor(betas, dtype=torch.float32)
 
 
-def _linear_betas(num_steps: int) -> torch.Tensor:
-    """1.0's ``'linear'`` schedule (implemented there, unused by the pipelines)."""
-    scale = 1000 / num_steps
-    return torch.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=torch.float32)
-
-
 def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Lin et al. 2023, Algorithm 1: shift ``sqrt(alpha_bar)`` so the last is 0 and rescale to keep the first."""
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -160,6 +156,20 @@ def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alpha_bar = sqrt_bar**2
     alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# x0 processing
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float = DYNAMIC_PERCENTILE) -> torch.Tensor:
+    """1.0's dynamic thresholding [OB-25], official ``process_x_start``: per batch element ``q = max(quantile(|x0|, p),
+    1)``, ``clip(x0, -q, q) / q`` (the quantile runs over all of the element's channels and pixels)."""
+    b = x0.shape[0]
+    quantile = torch.quantile(x0.reshape(b, -1).abs(), percentile, dim=-1)
+    quantile = torch.clip(quantile, min=1.0).reshape(b, *((1,) * (x0.ndim - 1)))
+    return torch.clip(x0, -quantile, quantile) / quantile
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -211,17 +221,16 @@ class K10Schedule(DiffusionSchedule):
     """The 1.0 ancestral sampler (official ``BaseDiffusion``) with ``steps`` bins of a cosine schedule.
 
     ``t`` is the step index, visited ``steps-1, ..., 0``; the model time is ``t * time_scale`` with
-    ``time_scale = 1000 // steps`` (OB-23: non-divisors of 1000 truncate). ``prediction`` is ``"eps"`` (keyframes) or
-    ``"v"`` (interpolation); ``percentile`` is the dynamic-thresholding quantile (0.98 in the pipeline) or ``None`` for
-    a plain clip of ``x0`` to [-1, 1]. Both can also be overridden per :meth:`step` call.
+    ``time_scale = 1000 // steps`` (non-divisors of 1000 truncate [OB-23]). ``prediction`` is ``"eps"`` (keyframes)
+    or ``"v"`` (interpolation); ``percentile`` is the dynamic-thresholding quantile (0.98 by default and in the
+    pipeline) or ``None`` for a plain clip of ``x0`` to [-1, 1]. Both can also be overridden per :meth:`step` call.
 
     Arithmetic is float32 whatever the dtypes of ``x`` and ``model_output`` (as the official code, whose fp32 state
     promotes an fp16 model output); the result has the dtype of ``x``.
     """
 
-    def __init__(
-        self, steps: int = 50, *, prediction: str = "eps", percentile: float | None = 0.98, schedule: str = "cosine"
-    ) -> None:
+    def __init__(self, steps: int = 50, *, prediction: str = "eps",
+                 percentile: float | None = DYNAMIC_PERCENTILE) -> None:
         steps = int(steps)
         if not 2 <= steps <= 1000:
             raise InputError(f"steps must be between 2 and 1000 for Kandinsky Video 1.0, got {steps}.")
@@ -229,12 +238,7 @@ class K10Schedule(DiffusionSchedule):
             raise InputError(f"prediction must be 'eps' or 'v', got {prediction!r}.")
         if percentile is not None and not 0.0 < float(percentile) <= 1.0:
             raise InputError(f"percentile must be in (0, 1] or None, got {percentile}.")
-        if schedule == "cosine":
-            betas = cosine_betas(steps)
-        elif schedule == "linear":
-            betas = _linear_betas(steps)
-        else:
-            raise InputError(f"schedule must be 'cosine' or 'linear', got {schedule!r}.")
+        betas = cosine_betas(steps)
 
         self.num_steps = steps
         self.prediction = _K10_PREDICTIONS[prediction]
@@ -253,7 +257,7 @@ class K10Schedule(DiffusionSchedule):
         self.posterior_mean_coef1 = _tensor_sqrt(self.alphas_cumprod_prev) * betas / one_minus
         self.posterior_mean_coef2 = _tensor_sqrt(alphas) * (1.0 - self.alphas_cumprod_prev) / one_minus
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / one_minus
-        # index 0 (variance 0) replaced by index 1; masked at t = 0 anyway (OB-36)
+        # index 0 (variance 0) replaced by index 1; masked at t = 0 anyway [OB-36]
         self.posterior_log_variance = _tensor_map(
             torch.cat([self.posterior_variance[1].unsqueeze(0), self.posterior_variance[1:]]), math.log
         )
@@ -294,14 +298,10 @@ class K10Schedule(DiffusionSchedule):
         return t
 
     def threshold(self, x0: torch.Tensor, percentile: float | None) -> torch.Tensor:
-        """Official ``process_x_start``: per batch element, ``q = max(quantile(|x0|, p), 1)``, ``clip(x0,-q,q)/q``
-        (the quantile runs over all of the element's channels and pixels); ``percentile=None`` clips to [-1, 1]."""
+        """:func:`dynamic_threshold` at ``percentile``; ``percentile=None`` clips to [-1, 1]."""
         if percentile is None:
             return torch.clip(x0, -1.0, 1.0)
-        b = x0.shape[0]
-        quantile = torch.quantile(x0.reshape(b, -1).abs(), percentile, dim=-1)
-        quantile = torch.clip(quantile, min=1.0).reshape(b, *((1,) * (x0.ndim - 1)))
-        return torch.clip(x0, -quantile, quantile) / quantile
+        return dynamic_threshold(x0, percentile)
 
     def predict_x0(self, x: torch.Tensor, model_output: torch.Tensor, t: int, prediction: str | None = None):
         """``x0`` before thresholding, in float32."""
@@ -427,7 +427,7 @@ class K11Schedule(DiffusionSchedule):
 
     dtype semantics follow diffusers: the coefficient products with ``model_output`` happen in the model output's dtype
     (fp16 under the official autocast), everything touching the fp32 sample is float32, the noise is used in the model
-    output's dtype (OB-26), and the result keeps the sample's dtype.
+    output's dtype [OB-26], and the result keeps the sample's dtype.
     """
 
     def __init__(
@@ -483,9 +483,6 @@ class K11Schedule(DiffusionSchedule):
         """Only steps with ``t > 0`` draw noise (diffusers ``DDPMScheduler.step``)."""
         return int(t) > 0
 
-    def previous_timestep(self, t: int) -> int:
-        return self._coef(t).prev_t
-
     def _coef(self, t) -> _K11Coefficients:
         t = _as_int(t)
         coef = self._coefficients.get(t)
@@ -510,7 +507,7 @@ class K11Schedule(DiffusionSchedule):
         c = self._coef(t)
         xf = x if x.dtype in _FULL_PRECISION else x.float()
         x0 = self.predict_x0(xf, model_output, t)
-        # thresholding=True with sample_max_value=1: s = clamp(quantile, 1, 1) = 1, i.e. a plain clamp (OB-25),
+        # thresholding=True with sample_max_value=1: s = clamp(quantile, 1, 1) = 1, i.e. a plain clamp [OB-25],
         # evaluated in at least float32 like diffusers' _threshold_sample
         x0 = torch.clamp(x0 if x0.dtype in _FULL_PRECISION else x0.float(), -1.0, 1.0).to(x0.dtype)
         out = c.x0_coeff * x0 + c.sample_coeff * xf
@@ -523,7 +520,7 @@ class K11Schedule(DiffusionSchedule):
     def add_noise(self, x: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         """diffusers ``add_noise``: ``sqrt(ab_t) * x + sqrt(1 - ab_t) * noise`` with the table cast to x's dtype.
 
-        The 1.1 keyframe conditioning uses it at ``t = noise_augmentation`` (20) with UNIFORM noise (OB-6).
+        The 1.1 keyframe conditioning uses it at ``t = noise_augmentation`` (20) with UNIFORM noise [OB-6].
         """
         t = _as_int(t)
         if not 0 <= t < self.num_train_timesteps:

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..io.checkpoints import build_model
 from ..models.configs import load_release_config
+from .random_weights import BIAS_STD, normal, randomize_parameters
 
 #: T5 width of the demo text encoder (the projections map it to each release's context width)
 TEXT_D_MODEL = 32
@@ -107,16 +107,6 @@ High quality, cinematic, detailed, beautiful colours, smooth motion, 4k video.
 Low quality, blurry, distorted, static, ugly, noisy frames.
 """
 
-# Random initialisation: fan-in scaled weights (activations stay O(1)), small biases, unit norms, merge factors in
-# [0.2, 0.4]. The official modules zero-initialise their output layers and merges, which would make untrained models
-# exact identities; every parameter is drawn here instead.
-WEIGHT_GAIN = 1.0
-SPATIAL_NORM_GAIN = 0.2
-BIAS_STD = 0.02
-EMBEDDING_STD = 0.5
-MERGE_RANGE = (0.2, 0.4)
-
-
 def _unet_section(num_channels: int, out_channels: int, context_dim: int, **extra: Any) -> dict[str, Any]:
     return {"configs": {
         "model_channels": 32,
@@ -182,7 +172,7 @@ def demo_configs(release: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# random weights
+# random weights (the rule for every parameter is random_weights.randomize_parameters)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
@@ -190,45 +180,12 @@ def _generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed((int(seed) * 0x9E3779B1 + zlib.crc32(name.encode())) % 2**63)
 
 
-def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32) * std
-
-
-def randomize_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Draw every parameter of ``model`` from ``generator`` (in registration order), non-trivially but tamely."""
-    owners: dict[str, nn.Module] = {}
-    for module_name, module in model.named_modules():
-        for param_name, _ in module.named_parameters(recurse=False):
-            owners[f"{module_name}.{param_name}" if module_name else param_name] = module
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            owner, leaf, shape = owners[name], name.rsplit(".", 1)[-1], tuple(param.shape)
-            if "merge" in leaf:
-                low, high = MERGE_RANGE
-                value = low + (high - low) * torch.rand(shape, generator=generator)
-            elif isinstance(owner, (nn.GroupNorm, nn.LayerNorm)):
-                value = torch.ones(shape) if leaf == "weight" else _normal(shape, BIAS_STD, generator)
-            elif isinstance(owner, nn.Embedding):
-                value = _normal(shape, EMBEDDING_STD, generator)
-            elif leaf == "weight" and param.dim() >= 2:
-                fan_in = math.prod(shape[1:])
-                # MoVQ spatial norms scale by conv_y(zq) with no "+1": keep their convs small, their scale bias at 1.
-                gain = SPATIAL_NORM_GAIN if name.endswith(("conv_y.weight", "conv_b.weight")) else WEIGHT_GAIN
-                value = _normal(shape, gain / math.sqrt(fan_in), generator)
-            elif name.endswith("conv_y.bias"):
-                value = 1.0 + _normal(shape, BIAS_STD, generator)
-            else:
-                value = _normal(shape, BIAS_STD, generator)
-            param.copy_(value)
-    return model
-
-
 def _projection(out_dim: int, in_dim: int, generator: torch.Generator, prefix: str = "") -> dict[str, torch.Tensor]:
     """``Sequential(Linear(in, out, bias=False), LayerNorm(out))`` state dict."""
     return {
-        f"{prefix}0.weight": _normal((out_dim, in_dim), 1 / math.sqrt(in_dim), generator),
+        f"{prefix}0.weight": normal((out_dim, in_dim), 1 / math.sqrt(in_dim), generator),
         f"{prefix}1.weight": torch.ones(out_dim),
-        f"{prefix}1.bias": _normal((out_dim,), BIAS_STD, generator),
+        f"{prefix}1.bias": normal((out_dim,), BIAS_STD, generator),
     }
 
 
@@ -244,7 +201,7 @@ def _unet_file(release: str, kind: str, configs_path: Path, generator: torch.Gen
     if half:
         unet = {k: v.half() for k, v in unet.items()}
     context_dim = load_release_config(configs_path, release).for_kind(kind).context_dim
-    content: dict[str, Any] = {"unet": unet, "null_embedding": _normal((context_dim,), 1.0, generator)}
+    content: dict[str, Any] = {"unet": unet, "null_embedding": normal((context_dim,), 1.0, generator)}
     if with_projections:
         content["projections"] = _projection(context_dim, TEXT_D_MODEL, generator, prefix="t5.")
     return content

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io.checkpoints import LoadedModel, load_model, resolve_config
+from ..io.checkpoints import LoadedModel, load_model
 from ..io.video import VIDEO_SUFFIXES, read_video
-from ..models.movq.model import MoVQ, encode_frames
+from ..models.configs import CONFIGS_FILE, release_config_for
+from ..models.movq.decoding import encode_frames
+from ..models.movq.model import MoVQ
 from ..models.temporal.selection import AUTO, check_variant, resolve_variant, temporal_parameters, variant_of
 from ..models.text.condition import TextCondition
 from ..runtime.stages import LATENT_SCALE, positions_10
@@ -200,7 +202,7 @@ def text_encoder_for(config: TrainingConfig, loaded: LoadedModel, device: torch.
     checkpoint = Path(config.checkpoint)
     projections = config.projections or (checkpoint if loaded.release == "1.0"
                                          else checkpoint.parent / "t5_projections.pt")
-    text_config = resolve_config(loaded.release, None, checkpoint).text
+    text_config = release_config_for(checkpoint, loaded.release).text
     encoder = TextEncoder.load(loaded.release, config.text_encoder, projections, max_length=text_config.tokens_length,
                                context_dim=loaded.config.context_dim, device=device)
 
@@ -312,7 +314,7 @@ def save_checkpoint(unet: torch.nn.Module, extras: dict[str, Any], path: Path) -
 def copy_configs_beside(checkpoint: Path, output: Path) -> None:
     """A non-official size is described by the configs.json beside its checkpoint: put it beside the trained one
     too (unless one is there already), so ``load_model`` reads the output as it read the input."""
-    source, target = Path(checkpoint).parent / "configs.json", Path(output).parent / "configs.json"
+    source, target = Path(checkpoint).parent / CONFIGS_FILE, Path(output).parent / CONFIGS_FILE
     if source.is_file() and not target.exists():
         target.write_bytes(source.read_bytes())
 

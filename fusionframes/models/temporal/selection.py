@@ -1,7 +1,7 @@
 """The Temporal Block Selector's engine: which of the paper's four temporal variants a keyframe model holds, fresh
 blocks of another variant over the same spatial weights, and how strongly (and where) the temporal layers act.
 
-A checkpoint's variant is told from its state-dict keys alone (``detect_variant``); layouts in
+A checkpoint's variant is told from its state-dict keys alone (``io.detect.detect_variant``); layouts in
 ``docs/temporal_variants.md``. Only ``Conv1dAttn1dBlocks`` has released weights: another variant is either loaded
 from a checkpoint that holds it (e.g. one written by ``fusionframes.tools.training``) or started fresh for training.
 """
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, InputError
+from ...io.detect import detect_variant
 from ..unet.keyframe import KeyframeUNet10, KeyframeUNet11, TemporalStrength
 from .designs import (
     Conv1dAttn1dBlocks,
@@ -39,25 +40,7 @@ VARIANTS = tuple(DESIGNS)
 CHOICES = (AUTO, *VARIANTS)
 STRENGTH_RANGE = (0.0, 2.0)
 
-#: key patterns that tell the variants apart, most specific first (the 3D-attention and 3D-conv layouts also hold
-#: ``temporal_resnet_blocks`` keys)
-_MARKERS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\.temporal_layer\."), "Conv1dAttn1dLayers"),
-    (re.compile(r"temporal_attention_block\.attention_window$"), "Conv1dAttn3dBlocks"),
-    (re.compile(r"\.down_projection\.weight$"), "Conv3dAttn1dBlocks"),
-    (re.compile(r"\.temporal_resnet_blocks\."), "Conv1dAttn1dBlocks"),
-)
-
 KeyframeUNet = KeyframeUNet10 | KeyframeUNet11
-
-
-def detect_variant(keys: Iterable[str]) -> str | None:
-    """The variant whose temporal layers these state-dict keys hold, or None when they hold none."""
-    keys = list(keys)
-    for pattern, variant in _MARKERS:
-        if any(pattern.search(key) for key in keys):
-            return variant
-    return None
 
 
 def check_variant(variant: str) -> str:
@@ -238,10 +221,3 @@ def temporal_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     prefixes = tuple(f"{name}." for name, _ in temporal_layers(model))
     embeddings = ("to_temporal_embed.", "temporal_noise_aug_time_encoding.", "temporal_motion_score_encoding.")
     return [(name, p) for name, p in model.named_parameters() if name.startswith(prefixes + embeddings)]
-
-
-def parameter_count(model: nn.Module, temporal_only: bool = False) -> int:
-    """Parameters of the model (or of its temporal layers alone); works on ``meta`` models."""
-    if temporal_only:
-        return sum(layer_param.numel() for _, layer in temporal_layers(model) for layer_param in layer.parameters())
-    return sum(p.numel() for p in model.parameters())

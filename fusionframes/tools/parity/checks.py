@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ...io.checkpoints import LoadedModel, load_model
-from ...models.movq.model import decode_video
+from ...models.movq.decoding import decode_video
 from ...models.text.condition import TextCondition
 from ...releases import MOTION_SCORES, SKIP_FRAMES, official_steps
 from ...runtime import stages

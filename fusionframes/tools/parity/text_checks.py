@@ -5,17 +5,17 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from ...models.configs import load_release_config
-from ...models.text.encoder import PROJECTION_INTERPOLATION, TextEncoder
+from ...models.configs import release_config_for
+from ...models.text.encoder import TextEncoder
+from ...models.text.projections import PROJECTION_INTERPOLATION
+from ...releases import release as official_release
 from .fixtures import Case, Comparison
-
-PROJECTIONS = {"1.0": "kandinsky_video.pt", "1.1": "t5_projections.pt"}
 
 
 @lru_cache(maxsize=8)
 def _encoder(release: str, release_dir: str, text_dir: str) -> TextEncoder:
-    config = load_release_config(Path(release_dir) / "configs.json", release).text
-    return TextEncoder.load(release, text_dir, Path(release_dir) / PROJECTIONS[release],
+    config = release_config_for(release_dir, release).text
+    return TextEncoder.load(release, text_dir, Path(release_dir) / official_release(release).files["projections"],
                             max_length=config.tokens_length, context_dim=config.context_dim)
 
 
