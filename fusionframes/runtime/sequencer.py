@@ -82,7 +82,8 @@ class VideoRequest:
         settled = replace(self, **{f.name: getattr(official, f.name) for f in fields(self)
                                    if getattr(self, f.name) is None and _is_official_default(official, f.name)})
         if settled.keyframes is not None:  # None: the model's own count (1.0's config), else the official one
-            stages.check_frames(settled.keyframes, 2, "the number of keyframes")
+            # 1.1's first keyframe is the key frame itself; a one-keyframe 1.0 video is one image
+            stages.check_frames(settled.keyframes, 2 if official.image_to_video else 1, "the number of keyframes")
         _check_weights(settled, official)
         return settled
 

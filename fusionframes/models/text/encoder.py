@@ -1,12 +1,12 @@
 """A prompt becomes the context the U-Nets attend to, exactly as the official code does it [OB-51]:
 
-1. **Tokenise** (``tokenizer.PromptTokenizer``; 1.0's negative prompt by bug OB-3).
-2. **Encode** with the T5 encoder (``t5_files.load_t5_encoder``). 1.0 casts the encoder to fp16 (OB-5: its weights
+1. **Tokenise** (``tokenizer.PromptTokenizer``; 1.0's negative prompt by [OB-3]).
+2. **Encode** with the T5 encoder (``t5_files.load_t5_encoder``). 1.0 casts the encoder to fp16 ([OB-5]: its weights
    always pass through fp16) and replaces every sample holding inf/NaN by zeros, whose mask is then zeroed
-   (``zero_nonfinite``). 1.1 runs it in fp32 (OB-33).
-3. **Project** (``projections.TextProjection``) in fp32; the official pipelines use the base projection (OB-9).
+   (``zero_nonfinite``). 1.1 runs it in fp32 [OB-33].
+3. **Project** (``projections.TextProjection``) in fp32; the official pipelines use the base projection [OB-9].
 4. **Mask and trim**: projected vectors at masked positions are set to zero, and the context is cut to
-   ``max(mask.sum(-1)) + 1`` positions (one zero padding position kept, OB-20).
+   ``max(mask.sum(-1)) + 1`` positions (one zero padding position kept [OB-20]).
 
 ``encode_prompt`` does steps 2-4; ``TextEncoder`` bundles the parts of one release and ``TextEncoder.load`` builds it
 from files.
@@ -188,9 +188,9 @@ class TextEncoder:
         *,
         projection: str = PROJECTION_BASE,
     ) -> TextCondition:
-        """Contexts of the prompts (and of the negative prompts, by 1.0's rule OB-3, trimmed on their own).
+        """Contexts of the prompts (and of the negative prompts, by 1.0's rule [OB-3], trimmed on their own).
 
-        ``projection``: ``"base"`` (what every official pipeline uses, OB-9) or, for 1.1, ``"interpolation"``.
+        ``projection``: ``"base"`` (what every official pipeline uses [OB-9]) or, for 1.1, ``"interpolation"``.
         """
         tokens = self.tokenize(prompts)
         result = TextCondition(*self._finite(self.encode_tokens(tokens, projection)), release=self.release)

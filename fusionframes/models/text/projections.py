@@ -1,6 +1,6 @@
 """The text projections of both releases: ``Linear(d_model, context_dim, bias=False)`` + ``LayerNorm``, applied in
 fp32 to the T5 states (``TextProjection``), and where each release's files keep them (``load_projections``). 1.1 ships
-a base and an interpolation projection; its pipelines use only the base one (OB-9).
+a base and an interpolation projection; its pipelines use only the base one [OB-9].
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The FLAN-UL2 T5 encoder from its files: a Hugging Face folder (possibly sharded) or one weights file, its config
 (``config.json`` beside it, given, or the built-in ``FLAN_UL2_CONFIG``), and the weights' storage: 1.0 rounds every
-weight through fp16 (OB-5), ``fp8_weights`` keeps the linear weights in float8. ``load_t5_encoder`` builds it.
+weight through fp16 [OB-5], ``fp8_weights`` keeps the linear weights in float8. ``load_t5_encoder`` builds it.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def load_t5_encoder(
     ``config`` (a config.json, its directory, a dict or a ``T5Config``), else the ``config.json`` beside the weights,
     else the built-in FLAN-UL2 config when the tensor shapes are FLAN-UL2's.
 
-    ``fp16_weights`` rounds every weight through float16 before casting it to ``dtype``: 1.0's ``.half()`` (OB-5),
+    ``fp16_weights`` rounds every weight through float16 before casting it to ``dtype``: 1.0's ``.half()`` [OB-5],
     which fixes the weights even when the computation runs in fp32. ``fp8_weights`` then stores every linear weight in
     float8 (``fp8_weights.Float8Linear``; ``dtype`` stays the compute dtype), halving bf16's memory. Attention is the
     eager implementation, as in the transformers release the official code ran on.

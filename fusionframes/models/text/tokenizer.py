@@ -1,7 +1,7 @@
 """Tokenising prompts as the official code did: T5 sentencepiece ids, ``</s>`` appended and no BOS, truncated to
 ``max_length`` (``text_encoder.tokens_length`` in ``configs.json``; 128 in both releases), right-padded with the pad
 id; the attention mask is 1 on the real tokens [OB-51]. 1.0's negative prompt reuses the positive prompt's length and
-mask (bug OB-3, reproduced by ``PromptTokenizer.tokenize_negative``). Prompts are checked here (strings, valid
+mask ([OB-3], reproduced by ``PromptTokenizer.tokenize_negative``). Prompts are checked here (strings, valid
 Unicode) before anything reaches sentencepiece.
 """
 
@@ -180,7 +180,7 @@ class PromptTokenizer:
     def tokenize_negative(
         self, negative_prompts: str | Sequence[str], positive: TokenizedPrompts, max_length: int | None = None
     ) -> TokenizedPrompts:
-        """1.0's negative prompt rule (OB-3), row by row against the positive prompts' tokens.
+        """1.0's negative prompt rule [OB-3], row by row against the positive prompts' tokens.
 
         The negative ids are cut to the positive prompt's token count, the last kept id is forced to ``</s>``, the rest
         is padding; the mask is the positive prompt's (so a shorter negative prompt attends to pad tokens and a longer

@@ -1,8 +1,8 @@
 """Property-based tests (hypothesis) over the NODES' inputs, in a real ComfyUI 0.3.75 run in-process.
 
-Run it with the ComfyUI host's Python (tests/test_node_properties.py does, from the project's .venv)::
+Run it with the ComfyUI host's Python (tests/e2e/test_node_properties.py does, from the project's .venv)::
 
-    .host/venv/bin/python tests/node_properties.py [--seed N] [--only PROPERTY] [--examples-scale X] [--no-shrink]
+    .host/venv/bin/python tests/e2e/node_properties.py [--seed N] [--only PROPERTY] [--examples-scale X] [--no-shrink]
                                                    [--verbose]
 
 ComfyUI is set up in this process as docs say (see /work/shared/docs/comfyui-host.md, "In-process execution"):
@@ -58,10 +58,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fusionframes.tools.comfy_host import COMFY_DIR, HOST_DIR, PACK_NAME, make_base  # noqa: E402  (stdlib only)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = HOST_DIR / "base_properties"
 DEMO_DIR = HOST_DIR / "demo_models"
 PACK_DIRS = tuple(str((REPO / sub).resolve()) + os.sep for sub in ("nodes", "fusionframes"))
@@ -689,7 +689,7 @@ class Properties:
             if tuple(mask.shape) != tuple(context.shape[:2]) or int(mask.sum()) < 1:
                 raise Violation(f"conditioning mask {tuple(mask.shape)} (sum {int(mask.sum())}) does not fit the "
                                 f"context {tuple(context.shape)}")
-            if cond.negative_context is not None and not torch.isfinite(cond.negative_context).all():
+            if cond.negative is not None and not torch.isfinite(cond.negative.context).all():
                 raise Violation("negative context with NaN/inf")
 
         self.judge(name, b, success)
@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(s.examples for s in properties.stats.values())
     print(f"{total} examples in {time.monotonic() - started:.0f} s", flush=True)
     for name, text in failures:
-        print(f"\nVIOLATION in property {name!r} (reproduce: .host/venv/bin/python tests/node_properties.py "
+        print(f"\nVIOLATION in property {name!r} (reproduce: .host/venv/bin/python tests/e2e/node_properties.py "
               f"--seed {seed} --only {name}; shrinking stops after {SHRINK_SECONDS} s, whatever hypothesis' own "
               f"message says):\n{text}", flush=True)
     return 1 if failures else 0

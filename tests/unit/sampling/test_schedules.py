@@ -26,7 +26,7 @@ from fusionframes.sampling.schedules import (
 from fusionframes.tools.parity.fixtures import Case, Comparison, load_case
 from tests.recording_noise import RecordingNoise
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 SAMPLING_CASES = [
     "k10_sampling",

@@ -57,7 +57,7 @@ def test_11_image_to_video_keeps_the_image_as_first_key_frame(pipeline_11):
 @pytest.mark.parametrize("change,message", [
     ({"width": 100}, "multiples of 64"),
     ({"fps": "ultra"}, "fps must be one of"),
-    ({"keyframes": 1}, "keyframes must be an integer of at least 2"),
+    ({"keyframes": 0}, "keyframes must be an integer of at least 1"),
 ])
 def test_bad_requests_are_clear_errors(pipeline_10, change, message):
     request = VideoRequest(**{**VideoRequest(prompt="x", width=64, height=64).__dict__, **change})

@@ -19,7 +19,7 @@ from fusionframes.tools.comfy_host import (
     ensure_host,
     pack_nodes,
 )
-from tests.comfy_fixtures import comfy_server  # noqa: F401
+from tests.e2e.comfy_fixtures import comfy_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENGINE = REPO / "fusionframes"
 #: what users' runs load; the tooling (bench, estimates, training, parity, demo models) stays out of it
 RUNTIME_PARTS = ("models", "sampling", "runtime", "io", "releases.py", "errors.py")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("build_workflows", REPO / "scripts" / "build_workflows.py")
 build_workflows = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_workflows)

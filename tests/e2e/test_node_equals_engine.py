@@ -22,12 +22,12 @@ from PIL import Image
 
 from fusionframes.io.video import read_frames, write_video
 from fusionframes.tools.comfy_host import HOST_DIR, HOST_PYTHON, execution_error, output_items
-from tests.comfy_fixtures import make_comfy_server_fixture
 from tests.conftest import golden_dir
+from tests.e2e.comfy_fixtures import make_comfy_server_fixture
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows" / "api"
 SIZE = 64
 KEYFRAMES = 4

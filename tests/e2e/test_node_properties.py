@@ -1,6 +1,6 @@
 """Property-based tests over the nodes' inputs in a real ComfyUI 0.3.75 (issue 6, item 3, the node side).
 
-The nodes import only inside ComfyUI, whose Python is .host/venv (its own torch): tests/node_properties.py runs
+The nodes import only inside ComfyUI, whose Python is .host/venv (its own torch): tests/e2e/node_properties.py runs
 there, ComfyUI in-process, and queues whole small graphs with hypothesis-drawn widget values through ComfyUI's own
 validation and executor. Every example must be rejected by ComfyUI's ordinary validation, succeed with well-formed
 outputs, or fail in one of our nodes with a documented error (never a raw PyTorch error). See that script's
@@ -19,7 +19,7 @@ from fusionframes.tools.comfy_host import HOST_PYTHON, REPO, ensure_host
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = REPO / "tests" / "node_properties.py"
+SCRIPT = REPO / "tests" / "e2e" / "node_properties.py"
 
 
 def run_node_properties(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -40,5 +40,5 @@ def test_every_node_input_gives_a_result_or_one_of_our_documented_errors():
     summary = [line for line in output.splitlines() if " examples" in line or line.startswith("ComfyUI")]
     print("\n".join(summary) + f"\nnode properties: exit {proc.returncode} after {time.monotonic() - started:.0f} s")
     shown = output if len(output) < 60000 else output[:30000] + "\n[...]\n" + output[-30000:]
-    assert proc.returncode == 0, f"tests/node_properties.py exited {proc.returncode}:\n{shown}"
+    assert proc.returncode == 0, f"tests/e2e/node_properties.py exited {proc.returncode}:\n{shown}"
     assert "examples in" in output, output[-5000:]

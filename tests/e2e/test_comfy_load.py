@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_comfy_nodes import _node, api_workflow, execution_error, shrink
+from tests.e2e.test_comfy_nodes import _node, api_workflow, execution_error, shrink
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from fusionframes.tools.comfy_host import execution_error, output_items, pack_no
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 PACK_NODES = {
     "FusionFramesLoadKeyframeModel", "FusionFramesLoadInterpolationModel", "FusionFramesLoadMoVQ",

@@ -1,10 +1,10 @@
 """pytest fixtures around a real ComfyUI server (see fusionframes/tools/comfy_host.py). Import into a module:
 
-    from tests.comfy_fixtures import comfy_server  # noqa: F401     (.host/base, session-wide)
+    from tests.e2e.comfy_fixtures import comfy_server  # noqa: F401     (.host/base, session-wide)
 
 or build one whose base directory is prepared first (e.g. demo models copied into base/models/...):
 
-    from tests.comfy_fixtures import make_comfy_server_fixture
+    from tests.e2e.comfy_fixtures import make_comfy_server_fixture
     comfy_server = make_comfy_server_fixture(prepare=copy_demo_models)   # prepare(base: Path) -> None
 
 A fixture made by the factory is its own definition: each module that makes one gets its own server (scope "session"
