@@ -122,3 +122,20 @@ def test_images_are_fitted_in_their_own_mode_then_made_rgb_as_officially(mode):
         # premultiplied alpha for RGBA
         early = image.convert("RGB").resize(resized.size, Image.BICUBIC).crop((left, top, left + 64, top + 64))
         assert not np.array_equal(np.asarray(fitted), np.asarray(early))
+
+
+def test_every_setting_has_one_name_on_the_command_line_in_the_library_and_on_the_node():
+    """The knobs of a video request are the command line's flags and the keyframe sampler's widgets, by name."""
+    from pathlib import Path
+
+    from fusionframes.cli import build_parser
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    flags = {action.dest for action in generate._actions}
+    node = (Path(__file__).resolve().parents[3] / "nodes" / "keyframe_sampler.py").read_text()
+    shared = ("width", "height", "keyframes", "seed", "steps", "sampler", "guidance", "image_guidance",
+              "first_frame_guidance", "motion", "noise_augmentation")
+    fields = set(VideoRequest.__dataclass_fields__)
+    for name in shared:
+        assert name in fields and name in flags, name
+        assert f'Input("{name}"' in node, name
