@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -24,6 +24,11 @@ from ..sampling.fast import SAMPLERS, make_schedule
 from ..sampling.loop import OnStep
 from ..sampling.noise import NoiseSource, SeededNoise
 from . import stages
+
+#: the request's settings whose None means "the release's official value" (the same names in ``releases.Release``;
+#: a release without one, e.g. 1.0's motion, keeps None)
+OFFICIAL_SETTINGS = ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance", "motion",
+                     "noise_augmentation")
 
 
 @dataclass
@@ -79,18 +84,13 @@ class VideoRequest:
             raise InputError(f"the prompt must be text, got {type(self.prompt).__name__}.")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise InputError(f"the negative prompt must be text, got {type(self.negative_prompt).__name__}.")
-        settled = replace(self, **{f.name: getattr(official, f.name) for f in fields(self)
-                                   if getattr(self, f.name) is None and _is_official_default(official, f.name)})
+        settled = replace(self, **{name: getattr(official, name) for name in OFFICIAL_SETTINGS
+                                   if getattr(self, name) is None})
         if settled.keyframes is not None:  # None: the model's own count (1.0's config), else the official one
             # 1.1's first keyframe is the key frame itself; a one-keyframe 1.0 video is one image
             stages.check_frames(settled.keyframes, 2 if official.image_to_video else 1, "the number of keyframes")
         _check_weights(settled, official)
         return settled
-
-
-def _is_official_default(official: Release, name: str) -> bool:
-    return name in ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance", "motion",
-                    "noise_augmentation") and getattr(official, name) is not None
 
 
 def _check_weights(request: VideoRequest, official: Release) -> None:
