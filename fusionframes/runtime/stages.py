@@ -109,7 +109,7 @@ def sample_keyframes_10(
     """1.0 keyframes: eps prediction, cosine schedule of ``steps`` bins, 0.98-quantile thresholding; the negative
     prompt, if any, travels in ``text.negative``.
 
-    ``sampler``: "official" (the default, exactly the official DDPM) or a faster option of ``fast_samplers``."""
+    ``sampler``: "official" (the default, exactly the official DDPM) or a faster option of ``sampling.fast``."""
     num_frames = check_frames(num_frames or unet.config.num_frames or 15, 1, "the number of keyframes")
     check_guidance(guidance_scale=guidance_scale)
     schedule = make_schedule("1.0", "keyframes", sampler, steps)

@@ -1,6 +1,6 @@
 """The Kandinsky-3 U-Net's spatial blocks and its down/up levels, with room for temporal layers.
 
-Which temporal layers a level gets is decided by a ``TemporalDesign`` (see ``temporal_designs``), so the same
+Which temporal layers a level gets is decided by a ``TemporalDesign`` (see ``models.temporal.designs``), so the same
 skeleton builds the four released video U-Nets and the paper's other variants with the official key names.
 """
 
