@@ -47,6 +47,11 @@ class UNetConfig:
         return self.init_channels or self.model_channels
 
     @property
+    def latent_multiple(self) -> int:
+        """Latent sides must be multiples of this: every level but the last halves the resolution."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
     def hidden_dims(self) -> list[int]:
         return [self.stem_channels, *(self.model_channels * m for m in self.dim_mult)]
 

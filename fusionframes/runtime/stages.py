@@ -88,9 +88,15 @@ def _latent_advice(latents: torch.Tensor) -> str:
             "in bf16/fp16, or free device memory.")
 
 
-def _check_keyframes(latents: torch.Tensor) -> None:
+def _check_keyframes(latents: torch.Tensor, unet: torch.nn.Module) -> None:
     if latents.dim() != 4 or latents.shape[0] < 2:
         raise InputError(f"interpolation needs at least 2 latent frames (N, 4, h, w), got {tuple(latents.shape)}.")
+    multiple = unet.config.latent_multiple
+    if latents.shape[-2] % multiple or latents.shape[-1] % multiple:
+        height, width = (LATENT_SCALE * s for s in latents.shape[-2:])
+        raise InputError(f"the interpolation model cannot take {width}x{height} frames: its sides must be multiples "
+                         f"of {LATENT_SCALE * multiple} px. Resize the video first (e.g. Upscale Image to a multiple "
+                         f"of {LATENT_SCALE * multiple}).")
 
 
 def sample_keyframes_10(
@@ -132,7 +138,7 @@ def interpolate_10(
     sampler: str = "official",
 ) -> torch.Tensor:
     """1.0 interpolation pass: 3 frames between every pair; returns the groups (N-1, 12, h, w)."""
-    _check_keyframes(keyframes)
+    _check_keyframes(keyframes, unet)
     check_guidance(guidance_scale=guidance_scale)
     schedule = make_schedule("1.0", "interpolation", sampler, steps)
     denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
@@ -248,7 +254,7 @@ def interpolate_11(
     steps: int | None = None,
 ) -> torch.Tensor:
     """1.1 interpolation pass: 10 trailing v-prediction steps; returns the groups (N-1, 12, h, w)."""
-    _check_keyframes(keyframes)
+    _check_keyframes(keyframes, unet)
     check_guidance(guidance_scale=guidance_scale)
     schedule = make_schedule("1.1", "interpolation", sampler, steps)
     denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)

@@ -172,8 +172,10 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         normed = self.norm(x, zq)
-        # (b, 1 head, h*w tokens, c); SDPA's default scale c^-0.5 is the official one.
-        q, k, v = (proj(normed).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        # (b, 1 head, h*w tokens, c); SDPA's default scale c^-0.5 is the official one. Contiguous, or SDPA falls back
+        # to its math kernel and materialises the (h*w)^2 score matrix (2.8x the memory at 96x96 latents on the CPU).
+        q, k, v = (proj(normed).flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+                   for proj in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)

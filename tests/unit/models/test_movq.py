@@ -258,3 +258,33 @@ def test_the_in_place_inference_path_computes_exactly_what_the_autograd_path_doe
     with torch.enable_grad():  # takes the out-of-place path, whether or not the weights require gradients
         reference = decode()
     assert torch.equal(in_place, reference.detach())
+
+
+def test_spatial_attention_runs_the_fused_kernel_not_the_score_matrix() -> None:
+    """Non-contiguous q/k/v make SDPA fall back to its math kernel, which materialises the (h*w)^2 scores: at 1080p
+    latents that is gigabytes. The MoVQ attention must reach the fused kernel (on the CPU: flash attention)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fusionframes.models.movq.model import AttnBlock
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    block = AttnBlock(32).eval()
+    x = torch.randn(2, 32, 12, 10)
+    with torch.no_grad(), Ops() as ops:
+        out = block(x)
+    assert "_scaled_dot_product_flash_attention_for_cpu" in ops.names
+    assert not {"bmm", "_softmax", "_safe_softmax"} & set(ops.names)
+    with torch.no_grad():  # the same attention as the explicit formula
+        normed = block.norm(x)
+        q, k, v = (p(normed).flatten(2).transpose(1, 2) for p in (block.q, block.k, block.v))
+        scores = torch.softmax(q @ k.transpose(1, 2) / 32 ** 0.5, dim=-1)
+        expected = x + block.proj_out((scores @ v).transpose(1, 2).reshape(x.shape))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -175,3 +175,26 @@ def test_channels_last_weights_change_the_layout_not_the_video(demo):
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs
                          if p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1)
     torch.testing.assert_close(pipeline.generate(request).frames, plain.frames, rtol=1e-4, atol=1e-4)
+
+
+def test_interpolating_a_video_checks_its_frame_size_and_adds_three_frames_between_two(pipeline_10):
+    frames = torch.rand(3, 3, 64, 64)
+    result = pipeline_10.interpolate_video(frames, VideoRequest(fps="medium", steps=2, seed=1), source_fps=6)
+    assert result.frames.shape == (9, 3, 64, 64) and result.fps == 24
+    multiple = 8 * pipeline_10.models["interpolation"].model.config.latent_multiple
+    with pytest.raises(InputError, match=f"cannot take 72x72 frames: its sides must be multiples of {multiple} px"):
+        pipeline_10.interpolate_video(torch.rand(3, 3, 72, 72), VideoRequest(fps="medium", steps=2), source_fps=6)
+    with pytest.raises(InputError, match="fps 'low' adds no frames"):
+        pipeline_10.interpolate_video(frames, VideoRequest(fps="low"), source_fps=6)
+
+
+def test_cli_interpolate_takes_frames_and_writes_frames(demo, tmp_path, capsys):
+    from fusionframes.io.video import read_frames, write_frames
+
+    write_frames(tmp_path / "in", torch.rand(3, 3, 64, 64))
+    code = main(["interpolate", "--models", str(demo / "k10"), "--video", f"{tmp_path / 'in'}/", "--fps", "medium",
+                 "--steps", "2", "--out", f"{tmp_path / 'out'}/"])
+    assert code == 0 and "3 -> 9 frames" in capsys.readouterr().out
+    assert read_frames(tmp_path / "out").shape == (9, 64, 64, 3)
+    code = main(["interpolate", "--models", str(demo / "k11"), "--video", f"{tmp_path / 'in'}/", "--out", "x.mp4"])
+    assert code != 0 and "needs the prompt" in capsys.readouterr().err
