@@ -26,8 +26,60 @@ def _require_file(path: Path, hint: str) -> None:
         raise CheckpointError(f"checkpoint not found: {path}. {hint}")
 
 
+#: what a PyTorch file starts with: a zip archive (torch >= 1.6) or a pickle (protocol 2-5, the legacy format)
+_ZIP_MAGIC = b"PK\x03\x04"
+#: modules a checkpoint's pickle may name (torch's tensor rebuilders, OrderedDict); anything else could run code
+_SAFE_MODULES = ("torch", "collections")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def _refused(path: Path, name: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused to load: the file contains a Python object ({name}), not only tensors; loading it could "
+        "run code. Official checkpoints hold only tensors: download the official file."
+    )
+
+
+def _pickled_objects(head: bytes) -> list[str]:
+    """The module.name of every object the (first) pickle in ``head`` would import, found without unpickling."""
+    import io
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, argument, _ in pickletools.genops(io.BytesIO(head)):
+            if opcode.name in _STRING_OPS:
+                strings.append(str(argument))
+            elif opcode.name == "GLOBAL":
+                names.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a damaged or cut stream: what was read so far still counts
+        pass
+    return names
+
+
+def _check_format(path: Path) -> None:
+    """Clear errors for files that cannot be a PyTorch checkpoint, before torch's unpickler sees them."""
+    with open(path, "rb") as file:
+        head = file.read(1 << 16)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
+    if head.startswith(_ZIP_MAGIC):
+        return
+    if head[0] != 0x80 or not 2 <= head[1] <= 5:
+        shown = head[:24].decode("utf-8", "replace") if head[:24].isascii() else head[:12].hex(" ")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it starts with {shown!r} (a text or other file, "
+                              "not tensors). Choose the official .pt or .safetensors file.")
+    unsafe = [name for name in _pickled_objects(head) if name.split(".")[0] not in _SAFE_MODULES]
+    if unsafe:
+        raise _refused(path, unsafe[0])
+
+
 def _read_pt(path: Path) -> Any:
     """The content of a PyTorch file, memory-mapped when its format allows, tensors only (``weights_only``)."""
+    _check_format(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -38,11 +90,7 @@ def _read_pt(path: Path) -> Any:
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL (\S+)", str(error))
         if blocked:
-            raise CheckpointError(
-                f"{path}: refused to load: the file contains a Python object ({blocked.group(1)}), not only "
-                "tensors; loading it could run code. Official checkpoints hold only tensors: download the official "
-                "file."
-            ) from None
+            raise _refused(path, blocked.group(1)) from None
         # the reason, not torch's first lines (which advise loading without weights_only)
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
         detail = unpickler.group(1).strip() if unpickler else "not a pickle of tensors"
@@ -87,7 +135,15 @@ def read_checkpoint(path: str | Path, hint: str = "Check the file name and folde
     _require_file(path, hint)
     content = unflatten(read_safetensors(path)) if path.suffix == ".safetensors" else _read_pt(path)
     if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(content).__name__}.")
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(content).__name__}: not a checkpoint "
+                              "of model weights.")
+    for key, value in content.items():
+        inner = value.items() if isinstance(value, Mapping) else [("", value)]
+        for name, tensor in inner:
+            if not isinstance(tensor, torch.Tensor):
+                where = f"{key}.{name}" if name else str(key)
+                raise CheckpointError(f"{path}: entry {where!r} holds a {type(tensor).__name__}, not a tensor: not a "
+                                      "checkpoint of model weights. Choose the official file.")
     return dict(content)
 
 

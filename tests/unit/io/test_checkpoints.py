@@ -1,5 +1,6 @@
 """Checkpoint reading, detection, loading and conversion, including the errors a user can cause."""
 
+import pickle
 import shutil
 
 import pytest
@@ -79,6 +80,41 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     torch.save({"unet": payload}, path)
     with pytest.raises(CheckpointError, match="refused to load"):
         read_checkpoint(path)
+    assert not marker.exists()
+
+
+def _bad_files(folder):
+    """(name, writer, message) for every kind of malformed file a user can hand a loader."""
+    marker = folder / "pwned"
+    payload = _RunsCode()
+    payload.marker = marker
+    link_target = folder / "passwd"
+    link_target.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    return marker, [
+        ("empty.pt", lambda p: p.write_bytes(b""), "is empty \\(0 bytes\\)"),
+        ("text.pt", lambda p: p.symlink_to(link_target), "is not a PyTorch checkpoint: it starts with 'root:x"),
+        ("binary.pt", lambda p: p.write_bytes(bytes(range(7, 64))), "is not a PyTorch checkpoint: it starts with"),
+        ("bare_tensor.pt", lambda p: torch.save(torch.zeros(3), p), "expected a dict of tensors, found Tensor"),
+        ("list.pt", lambda p: torch.save([torch.zeros(3)], p), "expected a dict of tensors, found list"),
+        ("numbers.pt", lambda p: torch.save({"a": 1, "b": torch.zeros(1)}, p), "entry 'a' holds a int, not a tensor"),
+        ("nested.pt", lambda p: torch.save({"unet": {"x": {"y": torch.zeros(1)}}}, p),
+         "entry 'unet.x' holds a dict, not a tensor"),
+        ("raw_pickle.pt", lambda p: p.write_bytes(pickle.dumps(payload)), "refused to load: .* \\(posix.system\\)"),
+        ("legacy.pt", lambda p: torch.save({"a": payload}, p, _use_new_zipfile_serialization=False),
+         "refused to load: .* \\(posix.system\\)"),
+        ("zip.pt", lambda p: torch.save({"a": payload}, p), "refused to load: .* \\(posix.system\\)"),
+    ]
+
+
+def test_every_malformed_file_is_a_clear_error_and_runs_no_code(tmp_path):
+    marker, cases = _bad_files(tmp_path)
+    for name, write, message in cases:
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint(path)
+        with pytest.raises(CheckpointError, match=message):  # the loaders, the projections: the same reader
+            inspect(path)
     assert not marker.exists()
 
 
