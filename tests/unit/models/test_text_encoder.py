@@ -319,7 +319,7 @@ def test_projection_errors(tmp_path: Path, golden: Path):
         load_projections(tmp_path / "missing.pt", "1.0")
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint: it starts with .not a checkpoint"):
         load_projections(garbage, "1.0")
     with pytest.raises(InputError):
         load_projections(golden / PROJECTION_FILES["1.0"], "2.0")
