@@ -20,6 +20,12 @@ from ...errors import CheckpointError, InputError
 from ...releases import TOKENS_LENGTH
 
 
+#: prompts longer than this are tokenised from a prefix (cut at a space) that already holds every id that is used
+PREFIX_CHARACTERS = 4096
+#: a prompt no one writes: refused rather than scanned (only the first 127 tokens are ever used)
+MAX_PROMPT_CHARACTERS = 1_000_000
+
+
 @dataclass
 class TokenizedPrompts:
     """Token ids and attention masks of a batch of prompts, both ``(B, max_length)`` int64."""
@@ -156,13 +162,30 @@ class PromptTokenizer:
                 ids += self._sp.encode(piece)
         return ids
 
+    def _leading_ids(self, text: str, count: int) -> list[int]:
+        """The first ``count`` ids of ``text`` without tokenising all of a long text: sentencepiece segments the
+        space-separated words independently, so the ids of the text up to a space are the text's first ids; the cut
+        moves further until it yields more than ``count`` ids (or the whole text is tokenised)."""
+        cut = PREFIX_CHARACTERS
+        while cut < len(text):
+            space = text.rfind(" ", 0, cut)
+            if space > 0:
+                ids = self._text_ids(text[:space])
+                if len(ids) > count:
+                    return ids[:count]
+            cut *= 4
+        return self._text_ids(text)[:count]
+
     def encode(self, text: str, max_length: int) -> list[int]:
         """Ids of one prompt as ``tokenizer(text, max_length=max_length, truncation=True)['input_ids']``: no padding."""
         if not isinstance(text, str):
             raise InputError(f"a prompt must be a string, got {type(text).__name__}.")
         if max_length < 2:
             raise InputError(f"max_length must be at least 2 (one token and </s>), got {max_length}.")
-        ids = self._text_ids(text)[: max_length - 1]
+        if len(text) > MAX_PROMPT_CHARACTERS:
+            raise InputError(f"the prompt has {len(text):,} characters; only its first {max_length - 1} tokens are "
+                             f"used, so at most {MAX_PROMPT_CHARACTERS:,} characters are accepted: shorten it.")
+        ids = self._leading_ids(text, max_length - 1)
         if not ids or ids[-1] != self.eos_token_id:
             ids.append(self.eos_token_id)
         return ids

@@ -423,3 +423,21 @@ def test_fp8_linear_reproduces_a_linear_layer_to_e4m3_precision():
 def test_a_lone_surrogate_in_a_prompt_is_a_clear_error(golden: Path):
     with pytest.raises(InputError, match="'\\\\ud800' at character 2, which is not valid Unicode text"):
         _load(golden, "1.1").encode("a \ud800 cat")
+
+
+@pytest.mark.parametrize("kind", ["spiece.model", "tokenizer.json"])
+def test_a_long_prompt_is_tokenised_from_a_prefix_with_the_same_ids(t5_dir: Path, kind: str):
+    import random
+
+    from fusionframes.models.text.tokenizer import MAX_PROMPT_CHARACTERS
+
+    tok = PromptTokenizer.from_path(t5_dir / kind)
+    rng = random.Random(kind)
+    words = ["a", "red", "car", "drifting,", "4k", "vidéo", "ﬁne", "<extra_id_3>", "</s>", "  ", "\t", "超", "x" * 40]
+    for _ in range(20):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(800, 3000)))
+        assert tok._leading_ids(text, 127) == tok._text_ids(text)[:127]
+    huge = "a red car " * (MAX_PROMPT_CHARACTERS // 10)  # a megabyte: read up to its first few thousand characters
+    assert len(tok.encode(huge, 128)) == 128
+    with pytest.raises(InputError, match="only its first 127 tokens are used"):
+        tok.encode(huge + "!", 128)
