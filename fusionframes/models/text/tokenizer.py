@@ -19,7 +19,6 @@ import torch
 from ...errors import CheckpointError, InputError
 from ...releases import TOKENS_LENGTH
 
-
 #: prompts longer than this are tokenised from a prefix (cut at a space) that already holds every id that is used
 PREFIX_CHARACTERS = 4096
 #: a prompt no one writes: refused rather than scanned (only the first 127 tokens are ever used)
