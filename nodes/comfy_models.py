@@ -137,3 +137,27 @@ class StepProgress:
     def count(self, done: int) -> None:
         mm.throw_exception_if_processing_interrupted()
         self.bar.update_absolute(self.offset + done)
+
+
+#: widget kinds whose values are checked at the node boundary, and the Python types they must arrive as
+_WIDGET_TYPES = {"INT": (int,), "FLOAT": (int, float), "BOOLEAN": (bool,), "STRING": (str,), "COMBO": (str,)}
+
+
+def check_widgets(node: type, values: dict[str, Any]) -> None:
+    """Values ComfyUI's validation lets through (a combo value wrapped as ``{"__value__": [...]}``, a combo value not
+    in the list, a float or a bool where an int goes) are refused here with a message naming the widget, before any
+    of them reaches the engine. ``values``: the node's ``execute`` arguments by name."""
+    schema = node.define_schema()
+    for spec in schema.inputs:
+        kind = str(spec.get_io_type())
+        value = values.get(spec.id)
+        if kind not in _WIDGET_TYPES or value is None:
+            continue
+        wrong_type = not isinstance(value, _WIDGET_TYPES[kind]) or (kind != "BOOLEAN" and isinstance(value, bool))
+        if wrong_type:
+            raise ValueError(f"{schema.display_name}: {spec.id} must be {kind.lower()}, got {value!r} "
+                             f"({type(value).__name__}); the workflow may come from another version of the pack.")
+        options = [str(option) for option in (getattr(spec, "options", None) or [])]
+        if kind == "COMBO" and options and value not in options:
+            shown = ", ".join(options[:8]) + (", ..." if len(options) > 8 else "")
+            raise ValueError(f"{schema.display_name}: {spec.id} {value!r} is not one of its choices ({shown}).")

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..fusionframes.releases import KEYFRAME_FPS, fps_for
 from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
 from ..fusionframes.sampling.fast import SAMPLERS
+from . import comfy_models as cm
 from .keyframe_sampler import node_models, node_progress, text_condition
 from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent
 
@@ -44,6 +45,7 @@ class FrameInterpolator(io.ComfyNode):
     @classmethod
     def execute(cls, interpolation_model, latent: dict, passes: int, seed: int, steps: int, sampler: str,
                 guidance: float, conditioning=None) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         what = "Latent Frame Interpolator"
         video = latent_frames(latent, what)
         if video.shape[0] < 2:

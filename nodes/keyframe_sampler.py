@@ -114,6 +114,7 @@ class KeyframeSampler(io.ComfyNode):
                 sampler: str, guidance: float, movq=None, image=None, image_guidance: float = 2.0,
                 first_frame_guidance: float = 5.0, motion: str = "medium",
                 noise_augmentation: int = 20) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         what = "T2V Keyframe Sampler"
         if keyframe_model.kind != "keyframe":
             raise ValueError(f"{what}: keyframe_model must come from 'Load FusionFrames Keyframe Model'.")

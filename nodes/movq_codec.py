@@ -49,6 +49,7 @@ class MoVQDecode(io.ComfyNode):
     @classmethod
     def execute(cls, movq, latent: dict, clips: str, clip_frames: int, tile_size: int = 0,
                 tile_overlap: int = 32) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         if clips not in DECODE_MODES:
             raise ValueError(f"Temporal MoVQ Decode: clips {clips!r} is not one of {', '.join(DECODE_MODES)}.")
         video = latent_frames(latent, "Temporal MoVQ Decode")
@@ -85,6 +86,7 @@ class MoVQEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, images, fps: float) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         if not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"MoVQ Encode: fps must be a positive frame rate, got {fps}.")
         height, width = images.shape[1:3]

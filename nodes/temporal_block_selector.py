@@ -46,6 +46,7 @@ class TemporalBlockSelector(io.ComfyNode):
     @classmethod
     def execute(cls, keyframe_model, variant: str, conv_strength: float, attention_strength: float,
                 levels: str = "all", fresh_blocks: bool = False) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         if keyframe_model.kind != "keyframe":
             raise ValueError("Temporal Block Selector: connect a model from 'Load FusionFrames Keyframe Model'.")
         try:

@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..fusionframes.runtime.sequencer import negative_prompt as negative_prompt_rule
+from . import comfy_models as cm
 from .types import CATEGORY, Conditioning, TextEncoderModel
 
 
@@ -32,6 +33,7 @@ class TextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
         text_encoder.load()
         encoder = text_encoder.options["encoder"]
         encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
