@@ -139,8 +139,10 @@ class StepProgress:
         self.bar.update_absolute(self.offset + done)
 
 
-#: widget kinds whose values are checked at the node boundary, and the Python types they must arrive as
+#: widget kinds whose values are checked at the node boundary, the Python types they must arrive as, and their name
 _WIDGET_TYPES = {"INT": (int,), "FLOAT": (int, float), "BOOLEAN": (bool,), "STRING": (str,), "COMBO": (str,)}
+_WIDGET_NAMES = {"INT": "a whole number", "FLOAT": "a number", "BOOLEAN": "true or false", "STRING": "text",
+                 "COMBO": "one of its choices"}
 
 
 def check_widgets(node: type, values: dict[str, Any]) -> None:
@@ -155,7 +157,7 @@ def check_widgets(node: type, values: dict[str, Any]) -> None:
             continue
         wrong_type = not isinstance(value, _WIDGET_TYPES[kind]) or (kind != "BOOLEAN" and isinstance(value, bool))
         if wrong_type:
-            raise ValueError(f"{schema.display_name}: {spec.id} must be {kind.lower()}, got {value!r} "
+            raise ValueError(f"{schema.display_name}: {spec.id} must be {_WIDGET_NAMES[kind]}, got {value!r} "
                              f"({type(value).__name__}); the workflow may come from another version of the pack.")
         options = [str(option) for option in (getattr(spec, "options", None) or [])]
         if kind == "COMBO" and options and value not in options:
