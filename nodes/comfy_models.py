@@ -145,10 +145,11 @@ _WIDGET_NAMES = {"INT": "a whole number", "FLOAT": "a number", "BOOLEAN": "true 
                  "COMBO": "one of its choices"}
 
 
-def check_widgets(node: type, values: dict[str, Any]) -> None:
+def check_widgets(node: type, values: dict[str, Any], files: tuple[str, ...] = ()) -> None:
     """Values ComfyUI's validation lets through (a combo value wrapped as ``{"__value__": [...]}``, a combo value not
-    in the list, a float or a bool where an int goes) are refused here with a message naming the widget, before any
-    of them reaches the engine. ``values``: the node's ``execute`` arguments by name."""
+    in the list, a bool where an int goes) are refused here with a message naming the widget, before any of them
+    reaches the engine. ``values``: the node's ``execute`` arguments by name; ``files``: combos listing model files,
+    checked for their type only (the loaders say where a missing file belongs)."""
     schema = node.define_schema()
     for spec in schema.inputs:
         kind = str(spec.get_io_type())
@@ -160,6 +161,6 @@ def check_widgets(node: type, values: dict[str, Any]) -> None:
             raise ValueError(f"{schema.display_name}: {spec.id} must be {_WIDGET_NAMES[kind]}, got {value!r} "
                              f"({type(value).__name__}); the workflow may come from another version of the pack.")
         options = [str(option) for option in (getattr(spec, "options", None) or [])]
-        if kind == "COMBO" and options and value not in options:
+        if kind == "COMBO" and options and value not in options and spec.id not in files:
             shown = ", ".join(options[:8]) + (", ..." if len(options) > 8 else "")
             raise ValueError(f"{schema.display_name}: {spec.id} {value!r} is not one of its choices ({shown}).")

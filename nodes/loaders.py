@@ -60,7 +60,7 @@ class _UNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
-        cm.check_widgets(cls, locals())
+        cm.check_widgets(cls, locals(), files=("ckpt_name",))
         return io.NodeOutput(_load(ckpt_name, cls.KIND, weight_dtype))
 
 
@@ -99,7 +99,7 @@ class LoadMoVQ(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
-        cm.check_widgets(cls, locals())
+        cm.check_widgets(cls, locals(), files=("ckpt_name",))
         info = inspect(cm.checkpoint_path(ckpt_name))
         if info.kind not in ("movq", "video_movq"):
             raise ValueError(f"{ckpt_name} is not a MoVQ checkpoint (it holds a {info.kind}); choose movq.pt or "
@@ -134,7 +134,7 @@ class LoadTextEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: str, projections: str, weight_dtype: str) -> io.NodeOutput:
-        cm.check_widgets(cls, locals())
+        cm.check_widgets(cls, locals(), files=("text_encoder", "projections"))
         import comfy.model_management as mm
 
         projections_path = cm.checkpoint_path(projections)

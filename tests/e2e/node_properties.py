@@ -318,9 +318,9 @@ def widget_strategy(name: str, spec: tuple, corrupt: bool = False):
             st.sampled_from(["", "none", "../../etc/passwd", "official ", "FP32", "auto\x00", "0", "\ud800"]),
             st.text(max_size=12),
         ).filter(lambda v: v not in choices).map(lambda v: (v, None))
-        if choices:  # shapes that slip past ComfyUI's validation: a wrapped value, a list
+        if choices:  # shapes that slip past ComfyUI's validation: a wrapped value (arrives as a list), a dict
             wrapped = st.sampled_from(choices).flatmap(
-                lambda v: st.sampled_from([{"__value__": [v]}, [v], {"value": v}])).map(lambda v: (v, None))
+                lambda v: st.sampled_from([{"__value__": [v]}, {"value": v}])).map(lambda v: (v, None))
             questionable = st.one_of(questionable, wrapped)
     else:
         raise ValueError(f"no strategy for widget type {kind!r}")
