@@ -17,6 +17,8 @@ import folder_paths
 import torch
 from torch import nn
 
+from ..fusionframes.models.interrupt import interruptible
+
 FOLDER = "fusionframes"
 TEXT_FOLDER = "text_encoders"
 
@@ -114,6 +116,11 @@ def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = Fa
     holder = PatchableModule(model)
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
     return ManagedModel(patcher, release, kind, name)
+
+
+def cancellable():
+    """Within it, the engine's models check ComfyUI's Cancel between their blocks (not only between steps)."""
+    return interruptible(mm.throw_exception_if_processing_interrupted)
 
 
 class StepProgress:

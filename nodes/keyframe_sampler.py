@@ -45,7 +45,8 @@ def node_models(**models: cm.ManagedModel | None):
             raise ValueError(f"no {kind} model connected")
         module = model.load()
         strength = model.options.get("strength")
-        yield with_strength(module, strength) if strength is not None else module
+        with cm.cancellable():
+            yield with_strength(module, strength) if strength is not None else module
 
     return access
 

@@ -59,8 +59,9 @@ class MoVQDecode(io.ComfyNode):
         tiles = Tiles.from_pixels(tile_size, tile_overlap, movq.module.downscale)
         progress = cm.StepProgress(count)
         model = movq.load()
-        frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
-                                      progress=lambda done, total: progress.count(done))
+        with cm.cancellable():
+            frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
+                                          progress=lambda done, total: progress.count(done))
         fps = latent_info(latent).get("fps", KEYFRAME_FPS)
         return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), fps)
 
@@ -95,6 +96,8 @@ class MoVQEncode(io.ComfyNode):
                              "(e.g. with Upscale Image to a multiple of 64).")
         pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1
         progress = cm.StepProgress(1)
-        latents = encode_frames(movq.load(), pixels)
+        model = movq.load()
+        with cm.cancellable():
+            latents = encode_frames(model, pixels)
         progress.count(1)
         return io.NodeOutput(make_latent(latents, None, fps))

@@ -245,3 +245,30 @@ def test_widget_values_that_slip_past_validation_get_our_message(demo_server, wi
     assert error["node_type"] == "FusionFramesKeyframeSampler"
     assert message in error["exception_message"]
     _assert_server_still_works(demo_server)
+
+
+def test_interrupt_stops_encoding_a_huge_image_within_a_block(demo_server):
+    """One 2048x2048 image is one MoVQ call (about 20 s on one CPU core here); Cancel stops it between blocks."""
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "FusionFramesLoadMoVQ",
+              "inputs": {"ckpt_name": "kandinsky_video_1_0/movq.pt", "weight_dtype": "fp32"}},
+        "3": {"class_type": "FusionFramesMoVQEncode", "inputs": {"movq": ["2", 0], "images": ["1", 0], "fps": 8.0}},
+        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "fusionframes/huge"}},
+    }
+    prompt_id = demo_server.queue(graph)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the encoder is running
+        running = demo_server.get("/queue")["queue_running"]
+        if running and running[0][1] == prompt_id:
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    started = time.monotonic()
+    demo_server.interrupt()
+    entry = demo_server.wait(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - started
+    messages = [m[0] for m in entry["status"].get("messages", [])]
+    assert "execution_interrupted" in messages, entry["status"]
+    assert stopped_after < 5, f"took {stopped_after:.1f} s to stop"
+    _assert_server_still_works(demo_server)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ..configs import MoVQConfig
+from ..interrupt import interruption_point
 
 NORM_GROUPS = 32  # hard-coded by the official ``Normalize``
 NORM_EPS = 1e-6
@@ -233,6 +234,7 @@ class EncoderLevel(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.block):
+            interruption_point()
             h = block(h)
             if len(self.attn):
                 h = self.attn[i](h)
@@ -253,6 +255,7 @@ class DecoderLevel(nn.Module):
     def forward(self, h: torch.Tensor, zq: torch.Tensor, attention_zq: torch.Tensor,
                 num_frames: int | None = None) -> torch.Tensor:
         for i, block in enumerate(self.block):
+            interruption_point()
             h = block(h, zq, num_frames)
             if len(self.attn):
                 h = self.attn[i](h, attention_zq)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..configs import UNetConfig
+from ..interrupt import interruption_point
 from ..temporal.designs import TemporalDesign
 from ..temporal.layers import TemporalState
 from .blocks import DownSampleBlock, LevelSettings, UpSampleBlock
@@ -62,10 +63,12 @@ class KandinskyUNet(nn.Module):
     ) -> torch.Tensor:
         skips = []
         for level, down in enumerate(self.down_samples):
+            interruption_point()
             x = down(x, time_embed, context, mask, state)
             if level != len(self.down_samples) - 1:
                 skips.append(x)
         for step, up in enumerate(self.up_samples):
+            interruption_point()
             if step != 0:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = up(x, time_embed, context, mask, state)
