@@ -268,8 +268,9 @@ def decode_frames(
     progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
 ) -> torch.Tensor:
     """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips (and in
-    spatial ``tiles`` when given)."""
+    spatial ``tiles`` when given). The [-1, 1] -> [0, 1] mapping works in place: a long video's frames are the
+    largest tensor of a run, and out of place the mapping held three of them at once."""
     images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
-    return ((images + 1) / 2).clamp(0, 1)
+    return images.add_(1).div_(2).clamp_(0, 1)
 
 

@@ -198,3 +198,15 @@ def test_cli_interpolate_takes_frames_and_writes_frames(demo, tmp_path, capsys):
     assert read_frames(tmp_path / "out").shape == (9, 64, 64, 3)
     code = main(["interpolate", "--models", str(demo / "k11"), "--video", f"{tmp_path / 'in'}/", "--out", "x.mp4"])
     assert code != 0 and "needs the prompt" in capsys.readouterr().err
+
+
+def test_decoded_frames_are_mapped_to_0_1_in_the_decoders_own_buffer(monkeypatch):
+    """The frames of a long video are the run's largest tensor: the mapping to [0, 1] adds no copy of them."""
+    from fusionframes.runtime import stages
+
+    decoded = torch.linspace(-1.5, 1.5, 3 * 3 * 4 * 4).reshape(3, 3, 4, 4)
+    expected = ((decoded + 1) / 2).clamp(0, 1)
+    monkeypatch.setattr(stages, "decode_video", lambda *args, **kwargs: decoded)
+    frames = stages.decode_frames(None, torch.zeros(3, 4, 1, 1))
+    assert frames.data_ptr() == decoded.data_ptr()
+    assert torch.equal(frames, expected)  # bit for bit what the out-of-place formula gives
