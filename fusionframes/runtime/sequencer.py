@@ -7,7 +7,6 @@ node graph cuts the run into pieces. Settings left at None take the release's of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -94,12 +93,8 @@ class VideoRequest:
 
 
 def _check_weights(request: VideoRequest, official: Release) -> None:
-    for name in ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance"):
-        value = getattr(request, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InputError(f"{name} must be a finite number, got {value!r}.")
+    names = ("guidance", "first_frame_guidance", "image_guidance", "interpolation_guidance")
+    stages.check_guidance(**{name: getattr(request, name) for name in names if getattr(request, name) is not None})
     if official.image_to_video and request.motion not in MOTION_SCORES:
         raise InputError(f"motion must be one of {', '.join(MOTION_SCORES)}, got {request.motion!r}.")
 

@@ -40,11 +40,18 @@ def check_size(width: int, height: int) -> None:
         raise InputError(f"width and height must be at most {MAX_SIDE}, got {width}x{height}.")
 
 
+#: guidance weights beyond this overflow the guided prediction in float32 (a NaN video) long before they mean anything
+MAX_GUIDANCE = 1000.0
+
+
 def check_guidance(**weights: float) -> None:
-    """Guidance weights must be finite numbers (NaN or infinity would silently give a NaN video)."""
+    """Guidance weights must be finite numbers of sensible size (NaN, infinity or 1e30 would give a NaN video)."""
     for name, value in weights.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InputError(f"{name} must be a finite number, got {value!r}.")
+        if abs(value) > MAX_GUIDANCE:
+            raise InputError(f"{name} must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g} (official values are "
+                             f"0.25 to 5), got {value!r}.")
 
 
 def check_frames(count: object, minimum: int, what: str) -> int:

@@ -46,6 +46,7 @@ def test_unset_settings_take_the_official_values_of_the_release():
 @pytest.mark.parametrize("change,message", [
     ({"guidance": float("nan")}, "guidance must be a finite number"),
     ({"image_guidance": float("inf")}, "image_guidance must be a finite number"),
+    ({"guidance": 8e36}, "guidance must be between -1000 and 1000"),
     ({"motion": "normal"}, "motion must be one of low, medium, high, extreme"),
     ({"fps": "ultra"}, "fps must be one of"),
     ({"sampler": "euler"}, "sampler must be one of"),
