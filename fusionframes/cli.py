@@ -31,17 +31,40 @@ def _progress_printer():
     return progress
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .io.video import check_output, load_image, write_frames, write_video
+def _output_is_folder(out: str) -> bool:
+    """``--out`` ending in a separator: PNG frames into that folder; checked before any model loads."""
+    from .io.video import check_output
+
+    folder = out.endswith(("/", "\\"))
+    check_output(out, folder=folder)
+    return folder
+
+
+def _load_pipeline(args: argparse.Namespace, text_encoder: Path | None, **options):
+    """The release folder's models with the command line's device, dtype and placement options."""
     from .models.dtypes import model_dtype, text_dtype
-    from .runtime.pipeline import VideoPipeline, VideoRequest
+    from .runtime.pipeline import VideoPipeline
     from .runtime.placement import Placement
 
-    frames_folder = args.out.endswith(("/", "\\"))
-    check_output(args.out, folder=frames_folder)
+    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, Placement.parse(args.placement, args.device).device("text"))
+    return VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
+                                     dtype=model_dtype(args.dtype, args.device), offload=args.offload,
+                                     placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8, **options)
+
+
+def _write_result(out: str, folder: bool, result) -> str:
+    from .io.video import write_frames, write_video
+
+    path = write_frames(out, result.frames) if folder else write_video(out, result.frames, result.fps)
+    return f"{'frames' if folder else 'video'}: {path}"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .io.video import load_image
+    from .runtime.pipeline import VideoRequest
+
+    folder = _output_is_folder(args.out)
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
-    text_device = Placement.parse(args.placement, args.device).device("text")
-    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, text_device)
     request = VideoRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
@@ -53,31 +76,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     temporal = {"variant": args.temporal_variant, "conv_strength": args.conv_strength,
                 "attention_strength": args.attention_strength, "levels": args.temporal_levels}
-    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
-                                         dtype=model_dtype(args.dtype, args.device), offload=args.offload,
-                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8,
-                                         compile=args.compile, temporal=temporal)
+    pipeline = _load_pipeline(args, text_encoder, compile=args.compile, temporal=temporal)
     started = time.perf_counter()
     result = pipeline.generate(request, progress=_progress_printer())
-    path = write_frames(args.out, result.frames) if frames_folder else write_video(args.out, result.frames,
-                                                                                    result.fps)
+    written = _write_result(args.out, folder, result)
     height, width = result.frames.shape[-2:]
     print(f"{result.frames.shape[0]} frames {width}x{height} at {result.fps:g} fps, release "
           f"{pipeline.release}, {time.perf_counter() - started:.1f} s")
-    print(f"{'frames' if frames_folder else 'video'}: {path}")
+    print(written)
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from .io.video import check_output, read_frames, read_video, write_frames, write_video
-    from .models.dtypes import model_dtype, text_dtype
-    from .runtime.pipeline import VideoPipeline, VideoRequest, detect_release
-    from .runtime.placement import Placement
+    from .io.video import read_frames, read_video
+    from .runtime.pipeline import VideoRequest, detect_release
 
-    frames_folder = args.out.endswith(("/", "\\"))
-    check_output(args.out, folder=frames_folder)
+    folder = _output_is_folder(args.out)
     video = read_frames(args.video) if Path(args.video).is_dir() else read_video(args.video)
     frames = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255
     text_encoder = None
@@ -85,19 +101,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         if args.prompt is None:
             raise FusionFramesError("the 1.1 interpolation model needs the prompt of the video: pass --prompt.")
         text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
-    t5_dtype, t5_fp8 = text_dtype(args.text_dtype, Placement.parse(args.placement, args.device).device("text"))
-    pipeline = VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
-                                         dtype=model_dtype(args.dtype, args.device), offload=args.offload,
-                                         placement=args.placement, text_dtype=t5_dtype, text_fp8=t5_fp8)
+    pipeline = _load_pipeline(args, text_encoder)
     request = VideoRequest(prompt=args.prompt or "", fps=args.fps, seed=args.seed, steps=args.steps,
                            sampler=args.sampler, interpolation_guidance=args.interpolation_guidance)
     started = time.perf_counter()
     result = pipeline.interpolate_video(frames, request, args.source_fps, progress=_progress_printer())
-    path = write_frames(args.out, result.frames) if frames_folder else write_video(args.out, result.frames,
-                                                                                    result.fps)
+    written = _write_result(args.out, folder, result)
     print(f"{frames.shape[0]} -> {result.frames.shape[0]} frames at {result.fps:g} fps, release {pipeline.release}, "
           f"{time.perf_counter() - started:.1f} s")
-    print(f"{'frames' if frames_folder else 'video'}: {path}")
+    print(written)
     return 0
 
 

@@ -180,21 +180,27 @@ def test_official_11_sampler_refuses_other_step_counts(demo_server):
     assert "always takes 50 steps" in error["exception_message"]
 
 
-def test_interrupt_stops_sampling_within_a_step(demo_server):
-    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
-    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=1000, seed=123)
-    prompt_id = demo_server.queue(graph)
+def _interrupt_after(server, graph: dict, seconds: float) -> tuple[dict, float]:
+    """Queue ``graph``, press Cancel ``seconds`` after it starts running; its history entry and how long it took
+    to stop."""
+    prompt_id = server.queue(graph)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the sampler is running
-        running = demo_server.get("/queue")["queue_running"]
+    while time.monotonic() < deadline:  # wait until it is running
+        running = server.get("/queue")["queue_running"]
         if running and running[0][1] == prompt_id:
             break
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(seconds)
     started = time.monotonic()
-    demo_server.interrupt()
-    entry = demo_server.wait(prompt_id, timeout=120)
-    stopped_after = time.monotonic() - started
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=120)
+    return entry, time.monotonic() - started
+
+
+def test_interrupt_stops_sampling_within_a_step(demo_server):
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=1000, seed=123)
+    entry, stopped_after = _interrupt_after(demo_server, graph, seconds=3)
     assert entry["status"]["status_str"] == "error"
     messages = [m[0] for m in entry["status"].get("messages", [])]
     assert "execution_interrupted" in messages
@@ -256,18 +262,7 @@ def test_interrupt_stops_encoding_a_huge_image_within_a_block(demo_server):
         "3": {"class_type": "FusionFramesMoVQEncode", "inputs": {"movq": ["2", 0], "images": ["1", 0], "fps": 8.0}},
         "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "fusionframes/huge"}},
     }
-    prompt_id = demo_server.queue(graph)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the encoder is running
-        running = demo_server.get("/queue")["queue_running"]
-        if running and running[0][1] == prompt_id:
-            break
-        time.sleep(0.2)
-    time.sleep(3)
-    started = time.monotonic()
-    demo_server.interrupt()
-    entry = demo_server.wait(prompt_id, timeout=120)
-    stopped_after = time.monotonic() - started
+    entry, stopped_after = _interrupt_after(demo_server, graph, seconds=3)
     messages = [m[0] for m in entry["status"].get("messages", [])]
     assert "execution_interrupted" in messages, entry["status"]
     assert stopped_after < 5, f"took {stopped_after:.1f} s to stop"
