@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from fusionframes.io.video import write_video
-from fusionframes.tools.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host
+from fusionframes.tools.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host, output_items
 from fusionframes.tools.demo_models import create_demo_models
 
 
@@ -52,6 +52,14 @@ def make_comfy_server_fixture(
 
 
 comfy_server = make_comfy_server_fixture()
+
+
+def saved_frames(server: ComfyServer, entry: dict, node: str) -> np.ndarray:
+    """The (N, H, W, 3) uint8 frames a SaveImage node ``node`` wrote: lossless, unlike a video file, whose encoder
+    may round differently from run to run (threaded H.264)."""
+    items = output_items(entry, node)
+    assert items, entry.get("outputs")
+    return np.stack([np.asarray(Image.open(server.output_path(item)).convert("RGB")) for item in items])
 
 
 SIZE = 64

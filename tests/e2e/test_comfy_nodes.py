@@ -17,6 +17,7 @@ import pytest
 
 from fusionframes.io.video import read_video
 from fusionframes.tools.comfy_host import execution_error, output_items, pack_nodes
+from tests.e2e.comfy_fixtures import saved_frames
 
 pytestmark = pytest.mark.slow
 
@@ -166,9 +167,12 @@ def test_faster_sampler_is_an_option_with_fewer_steps(demo_server):
 def test_fp8_text_encoder_and_tiled_decoding_run_the_11_workflow(demo_server):
     graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
     _node(graph, "FusionFramesLoadTextEncoder")["inputs"]["weight_dtype"] = "fp8_e4m3fn"
-    whole = saved_video(demo_server, demo_server.run(graph, timeout=900))
+    decode = next(key for key, node in graph.items() if node["class_type"] == "FusionFramesMoVQDecode")
+    graph["frames"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": "tiles"}}
+    whole = saved_frames(demo_server, demo_server.run(graph, timeout=900), "frames")
+    assert whole.shape == (4 * KEYFRAMES - 3, SIZE, SIZE, 3)
     _node(graph, "FusionFramesMoVQDecode")["inputs"].update(tile_size=SIZE, tile_overlap=32)  # one tile: same frames
-    assert np.array_equal(saved_video(demo_server, demo_server.run(graph, timeout=900)), whole)
+    assert np.array_equal(saved_frames(demo_server, demo_server.run(graph, timeout=900), "frames"), whole)
     _node(graph, "FusionFramesMoVQDecode")["inputs"].update(tile_size=32)
     assert "at least 64 pixels" in _failure(demo_server, graph)["exception_message"]
 

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from fusionframes.io.video import read_frames, write_video
-from fusionframes.tools.comfy_host import HOST_DIR, HOST_PYTHON, execution_error, output_items
+from fusionframes.tools.comfy_host import HOST_DIR, HOST_PYTHON, execution_error
 from tests.conftest import golden_dir
-from tests.e2e.comfy_fixtures import make_comfy_server_fixture
+from tests.e2e.comfy_fixtures import make_comfy_server_fixture, saved_frames
 
 pytestmark = pytest.mark.slow
 
@@ -81,12 +81,6 @@ def node_graph(name: str) -> tuple[dict, dict[str, str]]:
                        "inputs": {"images": [source, 0], "filename_prefix": f"node_equals_engine/{name}_{save}"}}
         saves[save] = f"{what}:{source}"
     return graph, saves
-
-
-def saved_frames(server, entry: dict, node: str) -> np.ndarray:
-    items = output_items(entry, node)
-    assert items, entry.get("outputs")
-    return np.stack([np.asarray(Image.open(server.output_path(item)).convert("RGB")) for item in items])
 
 
 def command_line(*args: str) -> None:
