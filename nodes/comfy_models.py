@@ -7,6 +7,8 @@ graphs (an SDXL run, say) can push them off the GPU and they come back when our 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from ..fusionframes.models.interrupt import interruptible
+from ..fusionframes.runtime import preflight
 
 FOLDER = "fusionframes"
 TEXT_FOLDER = "text_encoders"
@@ -118,9 +121,17 @@ def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = Fa
     return ManagedModel(patcher, release, kind, name)
 
 
-def cancellable():
-    """Within it, the engine's models check ComfyUI's Cancel between their blocks (not only between steps)."""
-    return interruptible(mm.throw_exception_if_processing_interrupted)
+@contextmanager
+def cancellable(*using: ManagedModel) -> Iterator[None]:
+    """Within it, the engine's models check ComfyUI's Cancel between their blocks (not only between steps), and a
+    stage that does not fit in free memory first asks ComfyUI to unload other models (keeping ``using`` loaded)."""
+
+    def reclaim(device: torch.device, nbytes: int) -> None:
+        keep = [loaded for loaded in mm.current_loaded_models if any(loaded.model is m.patcher for m in using)]
+        mm.free_memory(nbytes, device, keep_loaded=keep)
+
+    with interruptible(mm.throw_exception_if_processing_interrupted), preflight.reclaiming(reclaim):
+        yield
 
 
 class StepProgress:

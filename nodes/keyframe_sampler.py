@@ -45,7 +45,7 @@ def node_models(**models: cm.ManagedModel | None):
             raise ValueError(f"no {kind} model connected")
         module = model.load()
         strength = model.options.get("strength")
-        with cm.cancellable():
+        with cm.cancellable(model):
             yield with_strength(module, strength) if strength is not None else module
 
     return access

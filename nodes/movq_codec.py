@@ -6,7 +6,7 @@ import math
 
 from comfy_api.latest import io
 
-from ..fusionframes.models.movq.decoding import Tiles, encode_frames, official_clip_frames
+from ..fusionframes.models.movq.decoding import Tiles, official_clip_frames
 from ..fusionframes.releases import KEYFRAME_FPS
 from ..fusionframes.runtime import stages
 from . import comfy_models as cm
@@ -59,7 +59,7 @@ class MoVQDecode(io.ComfyNode):
         tiles = Tiles.from_pixels(tile_size, tile_overlap, movq.module.downscale)
         progress = cm.StepProgress(count)
         model = movq.load()
-        with cm.cancellable():
+        with cm.cancellable(movq):
             frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
                                           progress=lambda done, total: progress.count(done))
         fps = latent_info(latent).get("fps", KEYFRAME_FPS)
@@ -97,7 +97,7 @@ class MoVQEncode(io.ComfyNode):
         pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1
         progress = cm.StepProgress(1)
         model = movq.load()
-        with cm.cancellable():
-            latents = encode_frames(model, pixels)
+        with cm.cancellable(movq):
+            latents = stages.encode_video(model, pixels)
         progress.count(1)
         return io.NodeOutput(make_latent(latents, None, fps))

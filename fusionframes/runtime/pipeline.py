@@ -20,12 +20,12 @@ from ..errors import CheckpointError, InputError
 from ..io.checkpoints import LoadedModel, load_model
 from ..models.configs import release_config_for
 from ..models.dtypes import text_dtype as text_dtype_policy
-from ..models.movq.decoding import encode_frames
 from ..models.temporal.selection import check_variant, select_temporal_blocks
 from ..models.text.condition import TextCondition
 from ..models.text.encoder import TextEncoder
 from ..releases import fps_for, release
 from ..sampling.noise import NoiseSource
+from . import stages
 from .layout import prefers_channels_last, use_channels_last
 from .out_of_memory import release_cached_memory
 from .placement import Placement
@@ -179,7 +179,7 @@ class VideoPipeline:
         run = self.sequencer(request, noise, progress)
         text = self.encode_text(run.request) if self.release == "1.1" else None
         with self._stage("movq") as movq:
-            latents = encode_frames(movq, frames * 2 - 1).cpu()
+            latents = stages.encode_video(movq, frames * 2 - 1).cpu()
         video = run.interpolate(text, latents)
         decoded = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
         return VideoResult(decoded, fps_for(run.request.passes, source_fps), video)

@@ -22,7 +22,7 @@ from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release
 from ..sampling.fast import SAMPLERS, make_schedule
 from ..sampling.loop import OnStep
 from ..sampling.noise import NoiseSource, SeededNoise
-from . import stages
+from . import preflight, stages
 
 #: the request's settings whose None means "the release's official value" (the same names in ``releases.Release``;
 #: a release without one, e.g. 1.0's motion, keeps None)
@@ -181,6 +181,11 @@ class Sequencer:
         """1.1: the first frame in image mode, at twice the video's resolution."""
         stage, r = Stage("first_frame", "keyframe", "first_frame"), self.request
         with self.models("keyframe") as unet:
+            # the keyframes that follow use the same model: refuse before the first frame if they cannot fit
+            stages.check_size(r.width, r.height)
+            count = stages.check_frames(r.keyframes or self.release.keyframes, 2, "the number of 1.1 keyframes")
+            preflight.check([stages.first_frame_need(unet, r.width, r.height),
+                             stages.keyframes_11_need(unet, count, r.width, r.height)])
             return stages.sample_first_frame_11(unet, text, r.height, r.width, self.noise,
                                                 guidance_scale=r.first_frame_guidance, on_step=self._on_step(stage),
                                                 sampler=r.sampler, steps=self._steps(stage))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.movq.decoding import Tiles, decode_video
+from ..models.movq.decoding import Tiles, decode_video, encode_frames, official_clip_frames
 from ..models.movq.model import MoVQ
 from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
@@ -25,6 +25,7 @@ from ..sampling.fast import make_schedule
 from ..sampling.loop import OnStep, initial_noise, sample
 from ..sampling.noise import NoiseSource
 from ..sampling.schedules import K11Schedule
+from . import preflight
 from .out_of_memory import explain_out_of_memory
 
 #: larger frames would not fit any device (the official models were trained at 512x512)
@@ -127,7 +128,11 @@ def sample_keyframes_10(
     check_guidance(guidance_scale=guidance_scale)
     schedule = make_schedule("1.0", "keyframes", sampler, steps)
     denoise = guidance.keyframes_10(unet, text, num_frames, positions_10(num_frames), guidance_scale)
-    with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
+    advice = _advice(width, height, num_frames, "keyframes")
+    _, _, h, w = latent_shape(num_frames, height, width)
+    preflight.check([preflight.unet_need("sampling keyframes", "keyframes_1.0", unet, num_frames, "keyframes", h, w,
+                                         advice)])
+    with explain_out_of_memory("sampling keyframes", advice):
         return sample(schedule, denoise, latent_shape(num_frames, height, width), noise, "keyframes",
                       device=unet.device, on_step=on_step)
 
@@ -150,6 +155,7 @@ def interpolate_10(
     schedule = make_schedule("1.0", "interpolation", sampler, steps)
     denoise = guidance.interpolation_10(unet, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
+    preflight.check([interpolation_need(unet, keyframes.shape)])
     with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
         return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
 
@@ -174,6 +180,7 @@ def sample_first_frame_11(
     schedule = make_schedule("1.1", "first_frame", sampler, steps)
     denoise = guidance.first_frame_11(unet, text, guidance_scale)
     shape = (1, 4, height // (LATENT_SCALE // 2), width // (LATENT_SCALE // 2))
+    preflight.check([first_frame_need(unet, width, height)])
     with explain_out_of_memory("sampling the first frame (at twice the video's resolution)",
                                _advice(width, height, None, "")):
         return sample(schedule, denoise, shape, noise, "first_frame", device=unet.device, on_step=on_step)
@@ -199,6 +206,7 @@ def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def encode_image(movq: MoVQ, image: Image.Image, width: int, height: int) -> torch.Tensor:
     """An image -> the key-frame latent (4, H/8, W/8) for image-to-video."""
+    preflight.check([encode_need(movq, 1, width, height)])
     fitted = np.asarray(fit_image(image, width, height), dtype=np.float32) / 255.0
     pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None] * 2 - 1
     return movq.encode(pixels)[0].float()
@@ -206,6 +214,9 @@ def encode_image(movq: MoVQ, image: Image.Image, width: int, height: int) -> tor
 
 def first_frame_to_key_frame(movq: MoVQ, first_frame: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """The 1.1 text-to-video round trip: decode the 2x first frame, 8-bit, resize/crop, re-encode."""
+    side = LATENT_SCALE * first_frame.shape[-1], LATENT_SCALE * first_frame.shape[-2]
+    preflight.check([preflight.movq_need("decoding the first frame (at twice the video's resolution)", "decode",
+                                         movq, 1, "frames", side[1], side[0], _advice(width, height, None, ""))])
     image = _to_uint8_image(movq.decode(first_frame)[0])
     return encode_image(movq, image, width, height)
 
@@ -242,6 +253,7 @@ def sample_keyframes_11(
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
     height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
+    preflight.check([keyframes_11_need(unet, num_frames, width, height)])
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
         return sample(schedule, denoise, shape, noise, "keyframes", device=unet.device, x_init=x_init,
                       on_step=on_step)
@@ -266,6 +278,7 @@ def interpolate_11(
     schedule = make_schedule("1.1", "interpolation", sampler, steps)
     denoise = guidance.interpolation_11(unet, text, keyframes, skip_frames, guidance_scale)
     shape = (keyframes.shape[0] - 1, 3 * keyframes.shape[1], *keyframes.shape[2:])
+    preflight.check([interpolation_need(unet, keyframes.shape)])
     with explain_out_of_memory("interpolating frames", _latent_advice(keyframes)):
         return sample(schedule, denoise, shape, noise, phase, device=unet.device, on_step=on_step)
 
@@ -277,7 +290,68 @@ def decode_frames(
     """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips (and in
     spatial ``tiles`` when given). The [-1, 1] -> [0, 1] mapping works in place: a long video's frames are the
     largest tensor of a run, and out of place the mapping held three of them at once."""
+    if latents.dim() == 4:  # other shapes get decode_video's message
+        preflight.check([decode_need(movq, latents.shape, clip_frames, tiles)])
     images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
     return images.add_(1).div_(2).clamp_(0, 1)
 
 
+
+
+def encode_video(movq: MoVQ, images: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> latents (N, 4, H/8, W/8) on the MoVQ's device, ``batch`` at a time."""
+    if images.dim() == 4 and isinstance(batch, int) and batch > 0:  # other values get encode_frames's message
+        count, _, height, width = images.shape
+        preflight.check([encode_need(movq, min(batch, count), width, height)])
+    height, width = images.shape[-2:]
+    with explain_out_of_memory("encoding images", f"lower the resolution ({width}x{height}) or free device memory."):
+        return encode_frames(movq, images, batch)
+
+
+# -- what each stage needs at its peak (runtime/preflight.py) ---------------------------------------------------------
+
+
+def keyframes_11_need(unet: torch.nn.Module, keyframes: int, width: int, height: int) -> preflight.Need:
+    return preflight.unet_need("sampling keyframes", "keyframes_1.1", unet, keyframes, "keyframes",
+                               height // LATENT_SCALE, width // LATENT_SCALE, _advice(width, height, keyframes,
+                                                                                      "keyframes"))
+
+
+def first_frame_need(unet: torch.nn.Module, width: int, height: int) -> preflight.Need:
+    half = LATENT_SCALE // 2  # the first frame is sampled at twice the video's resolution
+    return preflight.unet_need("sampling the first frame (at twice the video's resolution)", "first_frame", unet, 1,
+                               "frames", height // half, width // half, _advice(width, height, None, ""),
+                               pixel_scale=half)
+
+
+def interpolation_need(unet: torch.nn.Module, shape: torch.Size | tuple[int, ...]) -> preflight.Need:
+    count, _, h, w = shape
+    advice = (f"interpolate fewer frames at a time ({count} in), lower the resolution ({w * LATENT_SCALE}x"
+              f"{h * LATENT_SCALE}), or free device memory.")
+    return preflight.unet_need("interpolating frames", "interpolation", unet, count - 1, "frame pairs", h, w, advice)
+
+
+def encode_need(movq: MoVQ, batch: int, width: int, height: int) -> preflight.Need:
+    return preflight.movq_need("encoding images with the MoVQ", "encode", movq, batch, "images", height, width,
+                               f"lower the resolution ({width}x{height}) or free device memory.")
+
+
+def decode_need(movq: MoVQ, shape: torch.Size | tuple[int, ...], clip_frames: int | None,
+                tiles: Tiles | None) -> preflight.Need:
+    """The largest clip (or tile of it) on the device, and the whole video's frames in host memory. On a GPU the
+    decoder falls back to smaller clips and tiles when it runs out of memory, so only the host part is checked
+    there; on the CPU running out of memory ends the process, so the clip must fit."""
+    count, _, h, w = shape
+    valid = isinstance(clip_frames, int) and not isinstance(clip_frames, bool) and clip_frames > 0
+    clip = min(count, clip_frames if valid else official_clip_frames(count))
+    height, width = h * LATENT_SCALE, w * LATENT_SCALE
+    tile_h, tile_w = (height, width) if tiles is None else (min(height, tiles.size * LATENT_SCALE),
+                                                            min(width, tiles.size * LATENT_SCALE))
+    advice = (f"decode fewer frames per clip ({clip}) or in tiles (tile_size), lower the resolution ({width}x{height}) "
+              f"or the number of frames ({count}).")
+    need = preflight.movq_need("decoding frames with the MoVQ", "decode", movq, clip, "frames per clip", tile_h,
+                               tile_w, advice)
+    host = count * movq.config.out_ch * height * width * 4
+    on_gpu = need.device.type != "cpu"
+    return preflight.Need(need.stage, need.device, 0 if on_gpu else need.unit_bytes, clip, need.unit_name, tile_w,
+                          tile_h, host_bytes=host, advice=advice, cpu_factor=need.cpu_factor)

@@ -85,4 +85,8 @@ def install_demo_models(base: Path) -> None:
 
 
 #: one server with the demo models for every test module that needs it (defined here, registered in conftest.py)
-demo_server = make_comfy_server_fixture(prepare=install_demo_models, base=HOST_DIR / "base_nodes")
+#: the demo server may plan at most this much memory (FUSIONFRAMES_MEMORY_LIMIT), so what the preflight refuses does
+#: not depend on the test machine's RAM; large enough for every test that runs a stage
+DEMO_MEMORY_LIMIT = "12G"
+demo_server = make_comfy_server_fixture(prepare=install_demo_models, base=HOST_DIR / "base_nodes",
+                                        env={"FUSIONFRAMES_MEMORY_LIMIT": DEMO_MEMORY_LIMIT})

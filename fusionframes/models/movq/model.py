@@ -150,9 +150,11 @@ class ResnetBlock(nn.Module):
         # residual sum): the full-resolution blocks of the decoder set the peak memory of decoding.
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x, zq), inplace=inplace))
+        interruption_point()  # one full-resolution convolution of a huge image takes seconds
         if self.temporal:
             h = self._blend_time(h, self.temporal_projection1, self.temporal_merge1, num_frames or x.shape[0])
         h = self.conv2(self.dropout(F.silu(self.norm2(h, zq), inplace=inplace)))
+        interruption_point()
         if self.temporal:
             h = self._blend_time(h, self.temporal_projection2, self.temporal_merge2, num_frames or x.shape[0])
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
