@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,8 +44,12 @@ def _output_is_folder(out: str) -> bool:
 def _load_pipeline(args: argparse.Namespace, text_encoder: Path | None, **options):
     """The release folder's models with the command line's device, dtype and placement options."""
     from .models.dtypes import model_dtype, text_dtype
+    from .runtime import preflight
     from .runtime.pipeline import VideoPipeline
     from .runtime.placement import Placement
+
+    if args.skip_preflight:
+        os.environ[preflight.SKIP_VARIABLE] = "1"
 
     t5_dtype, t5_fp8 = text_dtype(args.text_dtype, Placement.parse(args.placement, args.device).device("text"))
     return VideoPipeline.from_folder(args.models, text_encoder, device=args.device,
@@ -198,6 +203,10 @@ def cmd_estimate_memory(args: argparse.Namespace) -> int:
     return run(args)
 
 
+SKIP_HELP = ("run stages even when their memory estimate exceeds what the device has free (the estimate is "
+             "conservative; requests beyond 4 TiB are refused anyway)")
+
+
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
     parser.add_argument("--negative-prompt", default=None,
@@ -231,6 +240,7 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
                         help="U-Net weights: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on the CPU; "
                              "MoVQ stays fp32 as in the official code")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU between their stages")
+    parser.add_argument("--skip-preflight", action="store_true", help=SKIP_HELP)
     parser.add_argument("--placement", default=None,
                         help="per-stage devices, e.g. keyframe=cuda:0,interpolation=cuda:1,movq=cuda:1,text=cpu "
                              "(roles: text, keyframe, interpolation, movq; the rest on --device)")
@@ -285,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--dtype", choices=MODEL_DTYPE_CHOICES, default="auto")
     interpolate.add_argument("--text-dtype", choices=TEXT_DTYPE_CHOICES, default="auto")
     interpolate.add_argument("--offload", action="store_true")
+    interpolate.add_argument("--skip-preflight", action="store_true", help=SKIP_HELP)
     interpolate.add_argument("--placement", default=None)
     interpolate.add_argument("--out", required=True,
                              help="output video (.mp4, .gif, .webp) or a folder ending in '/' for PNG frames")

@@ -212,3 +212,19 @@ def test_decoded_frames_are_mapped_to_0_1_in_the_decoders_own_buffer(monkeypatch
     frames = stages.decode_frames(None, torch.zeros(3, 4, 1, 1))
     assert frames.data_ptr() == decoded.data_ptr()
     assert torch.equal(frames, expected)  # bit for bit what the out-of-place formula gives
+
+
+def test_cli_refuses_a_request_too_big_for_the_memory_and_skip_preflight_lets_it_run(demo, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from fusionframes.runtime import preflight
+
+    monkeypatch.setenv(preflight.SKIP_VARIABLE, "0")  # restored at teardown: --skip-preflight sets it to 1
+    monkeypatch.setenv(preflight.LIMIT_VARIABLE, "1M")
+    args = ["generate", "--models", str(demo / "k10"), "--text-encoder", str(demo / "text_encoder"), "--prompt", "x",
+            "--width", "64", "--height", "64", "--steps", "2", "--keyframes", "2", "--out", str(tmp_path / "v.mp4")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "sampling keyframes would need about" in error and "(FUSIONFRAMES_MEMORY_LIMIT)" in error
+    assert "--skip-preflight" in error and "Traceback" not in error
+    assert not (tmp_path / "v.mp4").exists()
+    assert main([*args, "--skip-preflight"]) == 0
