@@ -21,6 +21,7 @@ from torch import nn
 
 from ..fusionframes.models.interrupt import interruptible
 from ..fusionframes.runtime import preflight
+from ..fusionframes.runtime.out_of_memory import release_host_memory
 
 FOLDER = "fusionframes"
 TEXT_FOLDER = "text_encoders"
@@ -130,8 +131,11 @@ def cancellable(*using: ManagedModel) -> Iterator[None]:
         keep = [loaded for loaded in mm.current_loaded_models if any(loaded.model is m.patcher for m in using)]
         mm.free_memory(nbytes, device, keep_loaded=keep)
 
-    with interruptible(mm.throw_exception_if_processing_interrupted), preflight.reclaiming(reclaim):
-        yield
+    try:
+        with interruptible(mm.throw_exception_if_processing_interrupted), preflight.reclaiming(reclaim):
+            yield
+    finally:
+        release_host_memory()  # what a finished or cancelled stage freed goes back to the OS
 
 
 class StepProgress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,17 @@ from ..errors import OutOfMemory
 def release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def release_host_memory() -> None:
+    """Give freed host memory back to the operating system. glibc keeps the blocks of freed tensors below its mmap
+    threshold (which grows to 32 MB as large tensors come and go) for reuse, so after a large or cancelled run a
+    long-lived process (a ComfyUI server) would otherwise stay gigabytes larger than what it holds."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 @contextmanager

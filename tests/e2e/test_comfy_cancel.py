@@ -1,0 +1,82 @@
+"""Cancel on large inputs in a real ComfyUI: each long node stops within seconds of Interrupt, and the server's
+resident memory goes back to where it was before the run (ComfyUI's cache holds the same outputs before and after:
+the node's inputs come from a run made first, and a cancelled node caches nothing)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_comfy_nodes import _assert_server_still_works, _interrupt_after
+
+pytestmark = pytest.mark.slow
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _encoded(size: int, frames: int) -> dict:
+    """Black frames encoded by the 1.0 MoVQ (saved, so the graph has an output)."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames,
+                                                      "color": 0}},
+        "2": {"class_type": "FusionFramesLoadMoVQ",
+              "inputs": {"ckpt_name": "kandinsky_video_1_0/movq.pt", "weight_dtype": "fp32"}},
+        "3": {"class_type": "FusionFramesMoVQEncode", "inputs": {"movq": ["2", 0], "images": ["1", 0], "fps": 8.0}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "fusionframes/cancel"}},
+    }
+
+
+def _interpolating(size: int, frames: int) -> dict:
+    graph = _encoded(size, frames)
+    graph["4"] = {"class_type": "FusionFramesLoadInterpolationModel",
+                  "inputs": {"ckpt_name": "kandinsky_video_1_0/kandinsky_video_interpolation.pt",
+                             "weight_dtype": "auto"}}
+    graph["5"] = {"class_type": "FusionFramesFrameInterpolator",
+                  "inputs": {"interpolation_model": ["4", 0], "latent": ["3", 0], "passes": 2, "seed": 1,
+                             "steps": 0, "sampler": "official", "guidance": -1.0}}
+    graph["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "fusionframes/x"}}
+    return graph
+
+
+def _decoding(size: int, frames: int) -> dict:
+    graph = _encoded(size, frames)
+    graph["6"] = {"class_type": "FusionFramesMoVQDecode",
+                  "inputs": {"movq": ["2", 0], "latent": ["3", 0], "clips": "official clips", "clip_frames": 5,
+                             "tile_size": 0, "tile_overlap": 32}}
+    graph["10"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
+    return graph
+
+
+CASES = {
+    # node: (graph of the long run, size, frames); the inputs are made by a first run that is not cancelled
+    "FusionFramesFrameInterpolator": (_interpolating, 256, 24),  # 23 pairs, then 91, 50 steps each
+    "FusionFramesMoVQDecode": (_decoding, 1024, 16),  # 16 frames at 1024x1024
+}
+
+
+@pytest.mark.parametrize("node", list(CASES))
+def test_cancel_stops_a_long_node_within_seconds_and_frees_its_memory(demo_server, node):
+    make, size, frames = CASES[node]
+    graph = make(size, frames)
+    entry = demo_server.wait(demo_server.queue(_encoded(size, frames)), timeout=600)  # the inputs, cached
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    before = resident_mb(demo_server.pid)
+    entry, stopped_after = _interrupt_after(demo_server, graph, seconds=4)
+    messages = [m[0] for m in entry["status"].get("messages", [])]
+    assert "execution_interrupted" in messages, entry["status"]
+    interrupted = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted")
+    assert interrupted["node_type"] == node
+    time.sleep(1.0)
+    after = resident_mb(demo_server.pid)
+    print(f"\n{node}: stopped {stopped_after:.1f} s after Cancel; server RSS {before:.0f} MB before the run, "
+          f"{after:.0f} MB after ({100 * (after - before) / before:+.1f} %)")
+    assert stopped_after < 2, f"took {stopped_after:.1f} s to stop"
+    assert after <= 1.10 * before, f"RSS {before:.0f} MB -> {after:.0f} MB"
+    _assert_server_still_works(demo_server)
