@@ -54,6 +54,14 @@ def make_comfy_server_fixture(
 comfy_server = make_comfy_server_fixture()
 
 
+def resident_mb(pid: int) -> float:
+    """A process's resident memory in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
 def saved_frames(server: ComfyServer, entry: dict, node: str) -> np.ndarray:
     """The (N, H, W, 3) uint8 frames a SaveImage node ``node`` wrote: lossless, unlike a video file, whose encoder
     may round differently from run to run (threaded H.264)."""

@@ -5,20 +5,13 @@ the node's inputs come from a run made first, and a cancelled node caches nothin
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.comfy_fixtures import resident_mb
 from tests.e2e.test_comfy_nodes import _assert_server_still_works, _interrupt_after
 
 pytestmark = pytest.mark.slow
-
-
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _encoded(size: int, frames: int) -> dict:

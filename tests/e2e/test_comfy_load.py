@@ -1,26 +1,21 @@
-"""Load: 50 prompts through the HTTP API, a fifth of them invalid or interrupted. Every valid prompt succeeds,
-every invalid one fails with its clear message, the server stays up, and its resident memory after the last prompt
-is within 10 % of what it was after the tenth (no leaked models or tensors)."""
+"""Load: 50 prompts through the HTTP API, a fifth of them invalid, too big for the machine or interrupted (some on
+large inputs). Every valid prompt succeeds, every invalid or too-big one fails at once with its clear message, every
+cancelled one stops within seconds, the server stays up, and its resident memory after the last prompt is within
+10 % of what it was after the tenth (no leaked models or tensors)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_comfy_nodes import _node, api_workflow, execution_error, shrink
+from tests.e2e.comfy_fixtures import resident_mb
+from tests.e2e.test_comfy_cancel import _encoded
+from tests.e2e.test_comfy_nodes import _interrupt_after, _node, api_workflow, execution_error, shrink
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = 50
-
-
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def valid_graph(seed: int) -> dict:
@@ -48,6 +43,20 @@ def bad_size(seed: int) -> tuple[dict, str]:
     return graph, "multiples of 64"
 
 
+def too_big(seed: int) -> tuple[dict, str]:
+    """The demo server plans with at most 12 GB (FUSIONFRAMES_MEMORY_LIMIT): refused before sampling."""
+    graph = valid_graph(seed)
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(width=2048, height=2048, keyframes=64)
+    return graph, "sampling keyframes would need about"
+
+
+def _interrupted_large(server) -> bool:
+    """Cancel the MoVQ encoding of a 2048x2048 image (one model call of about 20 s) 2 s into it."""
+    entry, stopped_after = _interrupt_after(server, _encoded(2048, 1), seconds=2)
+    assert stopped_after < 8, f"took {stopped_after:.1f} s to stop"
+    return "execution_interrupted" in [m[0] for m in entry["status"].get("messages", [])]
+
+
 def _interrupted(server, seed: int) -> bool:
     graph = valid_graph(seed)
     _node(graph, "FusionFramesKeyframeSampler")["inputs"]["steps"] = 1000
@@ -66,8 +75,8 @@ def _interrupted(server, seed: int) -> bool:
 
 def test_fifty_prompts_a_fifth_invalid_or_interrupted(demo_server):
     server = demo_server
-    kinds = {4: invalid_widget, 9: wrong_file, 14: bad_size, 19: "interrupt", 24: invalid_widget, 29: wrong_file,
-             34: bad_size, 39: "interrupt", 44: invalid_widget, 49: "interrupt"}
+    kinds = {4: invalid_widget, 9: wrong_file, 14: too_big, 19: "interrupt", 24: bad_size, 29: "interrupt large",
+             34: too_big, 39: "interrupt", 44: invalid_widget, 49: "interrupt large"}
     assert len(kinds) == PROMPTS // 5
     outcomes = {"succeeded": 0, "failed as expected": 0, "interrupted": 0}
     memory_after_tenth = None
@@ -78,15 +87,20 @@ def test_fifty_prompts_a_fifth_invalid_or_interrupted(demo_server):
         if kind == "interrupt":
             assert _interrupted(server, seed), f"prompt {index} was not interrupted"
             outcomes["interrupted"] += 1
+        elif kind == "interrupt large":
+            assert _interrupted_large(server), f"prompt {index} was not interrupted"
+            outcomes["interrupted"] += 1
         elif kind is not None:
             graph, message = kind(seed)
             if message == "validation":
                 status, body = server.submit(graph)
                 assert status == 400 and body["error"]["type"] == "prompt_outputs_failed_validation", body
             else:
+                queued = time.monotonic()
                 entry = server.wait(server.queue(graph), timeout=300)
                 error = execution_error(entry)
                 assert error is not None and message in error["exception_message"], entry["status"]
+                assert time.monotonic() - queued < 60, f"prompt {index} took {time.monotonic() - queued:.0f} s to fail"
             outcomes["failed as expected"] += 1
         else:
             entry = server.wait(server.queue(valid_graph(seed)), timeout=300)
