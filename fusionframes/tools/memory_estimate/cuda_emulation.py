@@ -105,7 +105,9 @@ def cuda_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, at
     """The kernel CUDA's ``scaled_dot_product_attention`` picks on an sm80+ GPU (flash, else memory-efficient,
     else math) under the current ``sdpa_kernel`` settings: ``"flash"``, ``"efficient"`` or ``"math"``."""
     flash, efficient, math_ok = _sdpa_backends()
-    four_d = q.dim() == k.dim() == v.dim() == 4
+    # the fused kernels need a unit stride in the last dimension (sdp_utils' check_last_dim_stride_equals_1): a
+    # transposed q/k/v falls back to the math kernel, which materialises the scores
+    four_d = q.dim() == k.dim() == v.dim() == 4 and all(t.stride(-1) == 1 or t.shape[-1] == 1 for t in (q, k, v))
     head = q.shape[-1]
     low = q.dtype in _LOW_FLOATS and k.dtype == q.dtype and v.dtype == q.dtype
     if (flash and four_d and low and attn_mask is None and not enable_gqa and head <= 256 and head % 8 == 0

@@ -116,6 +116,24 @@ def test_attention_backend_choice():
     assert me.cuda_attention_backend(wide, wide, wide, None) == "efficient"  # flash: head dim <= 256
     with sdpa_kernel([SDPBackend.MATH]):
         assert me.cuda_attention_backend(half, half, half, None) == "math"
+    transposed = torch.zeros(1, 1, 64, 4096, device="meta").transpose(-1, -2)  # (1, 1, 4096 pixels, 64 channels)
+    assert me.cuda_attention_backend(transposed, transposed, transposed, None) == "math"  # last-dim stride != 1
+    assert me.cuda_attention_backend(*(transposed.contiguous(),) * 3, None) == "efficient"
+
+
+def test_movq_attention_gets_a_fused_kernel_on_cuda():
+    """The MoVQ's spatial attention hands SDPA contiguous q/k/v: CUDA's fused kernel, not the (h*w)^2 scores of the
+    math kernel (the README's decode estimates rely on it; the video MoVQ's temporal attention, over a few frames,
+    takes the math kernel at a negligible cost)."""
+    from fusionframes.io.checkpoints import build_model
+    from fusionframes.models.configs import official_config
+
+    with torch.device("meta"):
+        movq = build_model("1.1", "movq", official_config("1.1").movq).eval()
+    weights = [*movq.parameters(), *movq.buffers()]
+    decoded = me.measure(lambda: movq.decode(torch.zeros(1, 4, 16, 16, device="meta")), exclude=weights)
+    encoded = me.measure(lambda: movq.encode(torch.zeros(1, 3, 128, 128, device="meta")), exclude=weights)
+    assert set(decoded.attention) == set(encoded.attention) == {"efficient"}, (decoded.attention, encoded.attention)
 
 
 def test_autocast_emulation_follows_cuda_autocast_lists():
