@@ -36,5 +36,6 @@ class TextEncode(io.ComfyNode):
         cm.check_widgets(cls, locals())
         text_encoder.load()
         encoder = text_encoder.options["encoder"]
-        encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
+        with cm.cancellable(text_encoder):
+            encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
         return io.NodeOutput(encoded.to("cpu", torch.float32))

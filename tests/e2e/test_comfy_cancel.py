@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.e2e.comfy_fixtures import resident_mb
-from tests.e2e.test_comfy_nodes import _assert_server_still_works, _interrupt_after
+from tests.e2e.test_comfy_nodes import _assert_server_still_works, _interrupt_after, _node, api_workflow, shrink
 
 pytestmark = pytest.mark.slow
 
@@ -47,19 +47,28 @@ def _decoding(size: int, frames: int) -> dict:
     return graph
 
 
+def _sampling(size: int, keyframes: int) -> dict:
+    graph = shrink(api_workflow("fusionframes_1_0_text_to_video_medium_fps"))
+    _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(width=size, height=size, keyframes=keyframes,
+                                                                 steps=50, seed=5)
+    return graph
+
+
 CASES = {
-    # node: (graph of the long run, size, frames); the inputs are made by a first run that is not cancelled
-    "FusionFramesFrameInterpolator": (_interpolating, 256, 24),  # 23 pairs, then 91, 50 steps each
-    "FusionFramesMoVQDecode": (_decoding, 1024, 16),  # 16 frames at 1024x1024
+    # node: (graph that makes the inputs and loads the models, graph of the long run)
+    "FusionFramesKeyframeSampler": (lambda: _sampling(64, 2), lambda: _sampling(512, 16)),  # about 2 s a step
+    "FusionFramesFrameInterpolator": (lambda: _encoded(256, 24), lambda: _interpolating(256, 24)),  # 23 pairs, 91
+    "FusionFramesMoVQDecode": (lambda: _encoded(1024, 16), lambda: _decoding(1024, 16)),  # 16 frames at 1024x1024
+    "FusionFramesMoVQEncode": (lambda: _encoded(64, 1), lambda: _encoded(512, 16)),  # 4 batches of 4 at 512x512
 }
 
 
 @pytest.mark.parametrize("node", list(CASES))
 def test_cancel_stops_a_long_node_within_seconds_and_frees_its_memory(demo_server, node):
-    make, size, frames = CASES[node]
-    graph = make(size, frames)
-    entry = demo_server.wait(demo_server.queue(_encoded(size, frames)), timeout=600)  # the inputs, cached
+    first, long = CASES[node]
+    entry = demo_server.wait(demo_server.queue(first()), timeout=600)  # the inputs, cached; the models loaded
     assert entry["status"]["status_str"] == "success", entry["status"]
+    graph = long()
     before = resident_mb(demo_server.pid)
     entry, stopped_after = _interrupt_after(demo_server, graph, seconds=4)
     messages = [m[0] for m in entry["status"].get("messages", [])]

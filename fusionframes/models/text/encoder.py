@@ -25,6 +25,7 @@ from ...errors import CheckpointError, InputError
 from ...releases import TOKENS_LENGTH
 from ...releases import release as official_release
 from ..dtypes import text_dtype
+from ..interrupt import interruption_point
 from .condition import TextCondition
 from .projections import PROJECTION_BASE, TextProjection, load_projections
 from .t5_files import load_t5_encoder
@@ -38,7 +39,14 @@ def run_t5(
     """T5 ``last_hidden_state`` as float32 ``(B, L, d_model)``; with ``zero_nonfinite`` (1.0) every sample holding
     inf/NaN becomes all zeros (the caller's masking rule then zeroes its mask)."""
     device = next(t5.parameters()).device
-    hidden = t5(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+    # a cancel point before every T5 block: FLAN-UL2's 32 blocks take many seconds on a CPU
+    blocks = getattr(getattr(t5, "encoder", None), "block", None) or []
+    handles = [block.register_forward_pre_hook(lambda *_: interruption_point()) for block in blocks]
+    try:
+        hidden = t5(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
     if zero_nonfinite:
         bad = ~torch.isfinite(hidden).flatten(1).all(-1)
         hidden = torch.where(bad[:, None, None], torch.zeros_like(hidden), hidden)

@@ -62,3 +62,19 @@ def test_encoding_and_decoding_one_image_stop_between_blocks(demo):
     with torch.no_grad(), pytest.raises(Cancelled), interruptible(check):
         movq.encode(image)
     assert seen["n"] == 2
+
+
+def test_encoding_a_prompt_stops_between_t5_blocks(demo):
+    from fusionframes.models.text.encoder import TextEncoder
+
+    encoder = TextEncoder.load("1.0", demo / "text_encoder", demo / "k10" / "kandinsky_video.pt")
+    blocks = len(encoder.t5.encoder.block)
+    check, seen = cancel_after(10**6)
+    with interruptible(check):
+        encoder.encode("a red car")
+    assert seen["n"] == blocks  # one point before every block (the negative prompt is absent)
+    check, seen = cancel_after(1)
+    with pytest.raises(Cancelled), interruptible(check):
+        encoder.encode("a red car")
+    assert seen["n"] == 2
+    assert not encoder.t5.encoder.block[0]._forward_pre_hooks  # the points are removed after each call
