@@ -71,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     folder = _output_is_folder(args.out)
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     request = VideoRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt,
+        prompt=args.prompt[0], negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
         seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         first_frame_guidance=args.first_frame_guidance, image_guidance=args.image_guidance,
@@ -83,7 +83,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "attention_strength": args.attention_strength, "levels": args.temporal_levels}
     pipeline = _load_pipeline(args, text_encoder, compile=args.compile, temporal=temporal)
     started = time.perf_counter()
-    result = pipeline.generate(request, progress=_progress_printer())
+    if len(args.prompt) > 1:
+        result = pipeline.generate_segments(request, args.prompt, progress=_progress_printer())
+    else:
+        result = pipeline.generate(request, progress=_progress_printer())
     written = _write_result(args.out, folder, result)
     height, width = result.frames.shape[-2:]
     print(f"{result.frames.shape[0]} frames {width}x{height} at {result.fps:g} fps, release "
@@ -208,7 +211,9 @@ SKIP_HELP = ("run stages even when their memory estimate exceeds what the device
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", required=True, help="what the video shows")
+    parser.add_argument("--prompt", required=True, action="append",
+                        help="what the video shows; repeated (1.1): a long video of one segment per prompt, each "
+                             "continuing from the last keyframe of the one before")
     parser.add_argument("--negative-prompt", default=None,
                         help="1.0 only: replaces the null context; empty = none (1.1 ignores negative prompts)")
     parser.add_argument("--image", default=None, help="first frame for image-to-video (1.1)")

@@ -166,6 +166,19 @@ class VideoPipeline:
         frames = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
         return VideoResult(frames, fps_for(run.request.passes), video)
 
+    def generate_segments(self, request: VideoRequest, prompts: list[str], noise: NoiseSource | None = None,
+                          progress: Progress | None = None) -> VideoResult:
+        """A long video (1.1): one segment of the request's keyframes per prompt, each continuing from the last
+        keyframe of the one before, then the request's interpolation passes over the whole video and the decoding.
+        ``prompts[0]`` replaces the request's prompt; with one prompt this is :meth:`generate` exactly."""
+        if isinstance(prompts, str) or not prompts:
+            raise InputError("give one prompt per segment (at least one).")
+        run = self.sequencer(replace(request, prompt=prompts[0]), noise, progress)
+        texts = [self.encode_text(replace(run.request, prompt=prompt)) for prompt in prompts]
+        video, _ = run.segment_latents(texts)
+        frames = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
+        return VideoResult(frames, fps_for(run.request.passes), video)
+
     def interpolate_video(self, frames: torch.Tensor, request: VideoRequest, source_fps: float,
                           noise: NoiseSource | None = None, progress: Progress | None = None) -> VideoResult:
         """An existing video (N, 3, H, W) in [0, 1], sides multiples of 8, made smoother: MoVQ-encoded, the request's

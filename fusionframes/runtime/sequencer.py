@@ -253,3 +253,43 @@ class Sequencer:
     def latents(self, text: TextCondition) -> torch.Tensor:
         """Keyframes and every interpolation pass of the request: the latent video."""
         return self.interpolate(text, self.all_keyframes(text))
+
+    # -- long videos: one segment per prompt ---------------------------------------------------------------------
+
+    def segment_keyframes(self, texts: list[TextCondition]) -> tuple[torch.Tensor, list[int]]:
+        """1.1: the keyframes of ``len(texts)`` segments, and the segment (0, 1, ...) each keyframe belongs to.
+
+        Segment 1 is the request's keyframes exactly; every later segment's keyframes are conditioned on the
+        previous segment's last keyframe, as image-to-video is on its image, and draw their own noise. A segment's
+        first keyframe re-generates that shared frame, so it is dropped: the shared frame appears once."""
+        if self.release.name != "1.1":
+            raise InputError("long videos with a prompt per segment need release 1.1: its keyframes continue from a "
+                             "given frame (1.0's cannot).")
+        if not texts:
+            raise InputError("a long video needs at least one segment (one prompt per segment).")
+        keyframes = self.all_keyframes(texts[0])
+        owners = [0] * keyframes.shape[0]
+        for segment, text in enumerate(texts[1:], start=1):
+            stage, r = Stage(f"keyframes{segment + 1}", "keyframe", "keyframes"), self.request
+            with self.models("keyframe") as unet:
+                more = stages.sample_keyframes_11(
+                    unet, text, keyframes[-1], self.noise, num_frames=r.keyframes or self.release.keyframes,
+                    guidance_text=r.guidance, guidance_image=r.image_guidance,
+                    noise_augmentation=r.noise_augmentation, motion_score=MOTION_SCORES[r.motion],
+                    on_step=self._on_step(stage), sampler=r.sampler, steps=self._steps(stage), phase=stage.role)
+            keyframes = torch.cat([keyframes, more[1:].to(keyframes.device)])
+            owners += [segment] * (more.shape[0] - 1)
+        return keyframes, owners
+
+    def segment_latents(self, texts: list[TextCondition]) -> tuple[torch.Tensor, list[int]]:
+        """The latent video of a long request (:meth:`segment_keyframes`, then the request's interpolation passes over
+        the whole sequence, so segment borders are interpolated like every other pair), and each frame's segment.
+        A pair of frames is interpolated with the prompt of the segment its second frame belongs to."""
+        video, owners = self.segment_keyframes(texts)
+        for number in range(1, self.request.passes + 1):
+            pairs = owners[1:]
+            text = texts[0] if len(set(pairs)) == 1 else TextCondition.stack([texts[o] for o in pairs])
+            groups = self.interpolation(text, video, number)
+            video = stages.interleave(video.to(groups.device), groups).cpu()
+            owners = [owners[0]] + [o for o in pairs for _ in range(4)]
+        return video, owners

@@ -235,9 +235,11 @@ def sample_keyframes_11(
     on_step: OnStep | None = None,
     sampler: str = "official",
     steps: int | None = None,
+    phase: str = "keyframes",
 ) -> torch.Tensor:
     """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation
-    (always on the official training schedule, whichever ``sampler`` samples)."""
+    (always on the official training schedule, whichever ``sampler`` samples). ``phase`` names the noise stream
+    (later segments of a long video draw their own)."""
     check_frames(num_frames, 2, "the number of 1.1 keyframes")
     check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
     low, high = NOISE_AUGMENTATION_RANGE
@@ -247,16 +249,15 @@ def sample_keyframes_11(
     schedule = make_schedule("1.1", "keyframes", sampler, steps)
     training = K11Schedule(official_steps("1.1", "keyframes"), spacing="leading", prediction="epsilon")
     shape = (num_frames, *key_frame.shape)
-    x_init = initial_noise(noise, "keyframes", shape)
-    augmentation = noise.uniform("keyframes", "noise_aug", tuple(key_frame.shape))
+    x_init = initial_noise(noise, phase, shape)
+    augmentation = noise.uniform(phase, "noise_aug", tuple(key_frame.shape))
     augmented = training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
     height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
     preflight.check([keyframes_11_need(unet, num_frames, width, height)])
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
-        return sample(schedule, denoise, shape, noise, "keyframes", device=unet.device, x_init=x_init,
-                      on_step=on_step)
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, x_init=x_init, on_step=on_step)
 
 
 def interpolate_11(

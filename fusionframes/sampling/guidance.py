@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import InputError
 from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
 from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
@@ -151,7 +152,12 @@ def interpolation_11(
     groups = keyframes.shape[0] - 1
     keyframes = keyframes.to(device)
     text = text.to(device, dtype)
-    context, mask = _branches(text.repeat(groups), text.null(unet.null_embedding).repeat(groups))
+    if text.context.shape[0] not in (1, groups):
+        raise InputError(f"interpolation of {groups} frame pairs takes one prompt or one per pair, got "
+                         f"{text.context.shape[0]}.")
+    per_pair = text if text.context.shape[0] == groups else text.repeat(groups)  # one prompt per pair: long videos
+    null = text.null(unet.null_embedding)
+    context, mask = _branches(per_pair, null if null.context.shape[0] == groups else null.repeat(groups))
     left, right = _neighbour_frames(keyframes, dtype)
     skips = torch.full((2 * groups,), skip_frames, dtype=torch.int32, device=device)
     perturbation = torch.full((2 * groups,), perturbation_time, dtype=torch.int32, device=device)

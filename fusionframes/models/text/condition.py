@@ -24,6 +24,15 @@ class TextCondition:
     def repeat(self, count: int) -> TextCondition:
         return TextCondition(self.context.expand(count, -1, -1), self.mask.expand(count, -1), release=self.release)
 
+    @staticmethod
+    def stack(conditions: list[TextCondition]) -> TextCondition:
+        """One condition per sample (B = len(conditions)), each (1, L_i, D), zero-padded with mask 0 to the longest:
+        per-sample prompts, e.g. one per segment of a long video."""
+        length = max(c.context.shape[1] for c in conditions)
+        contexts = [torch.nn.functional.pad(c.context, (0, 0, 0, length - c.context.shape[1])) for c in conditions]
+        masks = [torch.nn.functional.pad(c.mask, (0, length - c.mask.shape[1])) for c in conditions]
+        return TextCondition(torch.cat(contexts), torch.cat(masks), release=conditions[0].release)
+
     def null(self, null_embedding: torch.Tensor) -> TextCondition:
         """The unconditional context: zeros with the null embedding at position 0, same length (official rule)."""
         context = torch.zeros_like(self.context)

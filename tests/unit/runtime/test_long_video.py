@@ -1,0 +1,101 @@
+"""Long videos (1.1): one segment per prompt, each continuing from the previous segment's last keyframe, then the
+interpolation passes over the whole video. On the tiny demo models with a fast sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionframes.cli import main
+from fusionframes.errors import InputError
+from fusionframes.io.video import read_video
+from fusionframes.runtime import stages
+from fusionframes.runtime.pipeline import VideoPipeline, VideoRequest
+from fusionframes.runtime.sequencer import Sequencer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REQUEST = VideoRequest(prompt="unused", width=64, height=64, fps="low", keyframes=3, seed=3, sampler="ddim", steps=2)
+
+
+@pytest.fixture(scope="module")
+def pipeline_11(demo):
+    return VideoPipeline.from_folder(demo / "k11", demo / "text_encoder")
+
+
+def test_one_prompt_is_exactly_the_ordinary_video(pipeline_11):
+    request = VideoRequest(**{**REQUEST.__dict__, "fps": "medium"})
+    ordinary = pipeline_11.generate(VideoRequest(**{**request.__dict__, "prompt": "a red car"}))
+    long = pipeline_11.generate_segments(request, ["a red car"])
+    assert torch.equal(long.latents, ordinary.latents) and torch.equal(long.frames, ordinary.frames)
+
+
+def test_segments_continue_from_the_last_keyframe_and_share_it_once(pipeline_11, monkeypatch):
+    calls = []
+    original = stages.sample_keyframes_11
+
+    def recording(unet, text, key_frame, noise, **kwargs):
+        out = original(unet, text, key_frame, noise, **kwargs)
+        calls.append((key_frame.clone(), out.clone(), kwargs.get("phase", "keyframes")))
+        return out
+
+    monkeypatch.setattr(stages, "sample_keyframes_11", recording)
+    prompts = ["a red car", "a blue boat", "a green tree"]
+    result = pipeline_11.generate_segments(REQUEST, prompts)
+    assert result.latents.shape[0] == 3 + 2 + 2  # the shared frame of each later segment appears once
+    assert [phase for *_, phase in calls] == ["keyframes", "keyframes2", "keyframes3"]
+    (_, first, _), (key2, second, _), (key3, third, _) = calls
+    assert torch.equal(key2, first[-1]) and torch.equal(key3, second[-1])  # continued from the last keyframe
+    assert torch.equal(result.latents, torch.cat([first, second[1:], third[1:]]))
+    alone = pipeline_11.generate(VideoRequest(**{**REQUEST.__dict__, "prompt": "a red car"}))
+    assert torch.equal(result.latents[:3], alone.latents)  # segment 1 is the ordinary video
+
+
+def test_each_pair_is_interpolated_with_its_segments_prompt(pipeline_11, monkeypatch):
+    seen = []
+    original = Sequencer.interpolation
+
+    def recording(self, text, video, pass_number):
+        seen.append((text.context.clone(), video.shape[0]))
+        return original(self, text, video, pass_number)
+
+    monkeypatch.setattr(Sequencer, "interpolation", recording)
+    request = VideoRequest(**{**REQUEST.__dict__, "fps": "high"})
+    prompts = ["a red car", "a blue boat"]
+    result = pipeline_11.generate_segments(request, prompts)
+    assert result.frames.shape[0] == 4 * (4 * 5 - 3) - 3  # 5 keyframes -> 17 -> 65
+    texts = [pipeline_11.encode_text(VideoRequest(prompt=p)).context for p in prompts]
+    (first_pass, frames1), (second_pass, frames2) = seen
+    assert (frames1, frames2) == (5, 17)
+    owners1 = [0, 0, 1, 1]  # pairs (0,1) (1,2) in segment 1; (2,3) (3,4) end in segment 2
+    owners2 = [o for o in owners1 for _ in range(4)]
+    for context, owners in ((first_pass, owners1), (second_pass, owners2)):
+        assert context.shape[0] == len(owners)
+        for row, owner in zip(context, owners):
+            length = texts[owner].shape[1]
+            assert torch.equal(row[:length], texts[owner][0]) and not row[length:].any()
+
+
+def test_long_videos_need_11_and_at_least_one_prompt(demo, pipeline_11):
+    pipeline_10 = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder")
+    with pytest.raises(InputError, match="need release 1.1"):
+        pipeline_10.generate_segments(VideoRequest(**{**REQUEST.__dict__, "sampler": "official", "steps": 2}),
+                                      ["a", "b"])
+    with pytest.raises(InputError, match="one prompt per segment"):
+        pipeline_11.generate_segments(REQUEST, [])
+    with pytest.raises(InputError, match="one prompt per segment"):
+        pipeline_11.generate_segments(REQUEST, "a red car")
+
+
+def test_cli_repeated_prompts_make_segments(demo, tmp_path, capsys):
+    out = tmp_path / "long.mp4"
+    code = main(["generate", "--models", str(demo / "k11"), "--text-encoder", str(demo / "text_encoder"),
+                 "--prompt", "a red car", "--prompt", "a blue boat", "--width", "64", "--height", "64",
+                 "--keyframes", "3", "--fps", "medium", "--sampler", "ddim", "--steps", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert read_video(out).shape[0] == 4 * 5 - 3
+    code = main(["generate", "--models", str(demo / "k10"), "--text-encoder", str(demo / "text_encoder"),
+                 "--prompt", "a", "--prompt", "b", "--width", "64", "--height", "64", "--steps", "2",
+                 "--out", str(tmp_path / "no.mp4")])
+    assert code == 2 and "need release 1.1" in capsys.readouterr().err
+    assert not (tmp_path / "no.mp4").exists()
