@@ -83,8 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "attention_strength": args.attention_strength, "levels": args.temporal_levels}
     pipeline = _load_pipeline(args, text_encoder, compile=args.compile, temporal=temporal)
     started = time.perf_counter()
-    if len(args.prompt) > 1:
-        result = pipeline.generate_segments(request, args.prompt, progress=_progress_printer())
+    if len(args.prompt) > 1 or args.loop:
+        result = pipeline.generate_segments(request, args.prompt, progress=_progress_printer(), loop=args.loop)
     else:
         result = pipeline.generate(request, progress=_progress_printer())
     written = _write_result(args.out, folder, result)
@@ -214,6 +214,9 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, action="append",
                         help="what the video shows; repeated (1.1): a long video of one segment per prompt, each "
                              "continuing from the last keyframe of the one before")
+    parser.add_argument("--loop", action="store_true",
+                        help="1.1: close the video into a seamless loop (interpolated from the last keyframe back to "
+                             "the first; needs --fps medium or high)")
     parser.add_argument("--negative-prompt", default=None,
                         help="1.0 only: replaces the null context; empty = none (1.1 ignores negative prompts)")
     parser.add_argument("--image", default=None, help="first frame for image-to-video (1.1)")

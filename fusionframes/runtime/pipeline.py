@@ -167,15 +167,16 @@ class VideoPipeline:
         return VideoResult(frames, fps_for(run.request.passes), video)
 
     def generate_segments(self, request: VideoRequest, prompts: list[str], noise: NoiseSource | None = None,
-                          progress: Progress | None = None) -> VideoResult:
+                          progress: Progress | None = None, loop: bool = False) -> VideoResult:
         """A long video (1.1): one segment of the request's keyframes per prompt, each continuing from the last
         keyframe of the one before, then the request's interpolation passes over the whole video and the decoding.
-        ``prompts[0]`` replaces the request's prompt; with one prompt this is :meth:`generate` exactly."""
+        ``prompts[0]`` replaces the request's prompt; with one prompt this is :meth:`generate` exactly. ``loop``:
+        closed into a seamless loop (:meth:`Sequencer.segment_latents`)."""
         if isinstance(prompts, str) or not prompts:
             raise InputError("give one prompt per segment (at least one).")
         run = self.sequencer(replace(request, prompt=prompts[0]), noise, progress)
         texts = [self.encode_text(replace(run.request, prompt=prompt)) for prompt in prompts]
-        video, _ = run.segment_latents(texts)
+        video, _ = run.segment_latents(texts, loop=loop)
         frames = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
         return VideoResult(frames, fps_for(run.request.passes), video)
 

@@ -257,12 +257,12 @@ class Sequencer:
     # -- long videos: one segment per prompt ---------------------------------------------------------------------
 
     def segment_keyframes(self, texts: list[TextCondition]) -> tuple[torch.Tensor, list[int]]:
-        """1.1: the keyframes of ``len(texts)`` segments, and the segment (0, 1, ...) each keyframe belongs to.
+        """The keyframes of ``len(texts)`` segments (more than one: 1.1), and the segment (0, 1, ...) of each.
 
         Segment 1 is the request's keyframes exactly; every later segment's keyframes are conditioned on the
         previous segment's last keyframe, as image-to-video is on its image, and draw their own noise. A segment's
         first keyframe re-generates that shared frame, so it is dropped: the shared frame appears once."""
-        if self.release.name != "1.1":
+        if self.release.name != "1.1" and len(texts) > 1:
             raise InputError("long videos with a prompt per segment need release 1.1: its keyframes continue from a "
                              "given frame (1.0's cannot).")
         if not texts:
@@ -281,15 +281,26 @@ class Sequencer:
             owners += [segment] * (more.shape[0] - 1)
         return keyframes, owners
 
-    def segment_latents(self, texts: list[TextCondition]) -> tuple[torch.Tensor, list[int]]:
+    def segment_latents(self, texts: list[TextCondition], loop: bool = False) -> tuple[torch.Tensor, list[int]]:
         """The latent video of a long request (:meth:`segment_keyframes`, then the request's interpolation passes over
         the whole sequence, so segment borders are interpolated like every other pair), and each frame's segment.
-        A pair of frames is interpolated with the prompt of the segment its second frame belongs to."""
+        A pair of frames is interpolated with the prompt of the segment its second frame belongs to.
+
+        ``loop``: the first keyframe is appended after the last, so the interpolation also fills the way back
+        (with the last segment's prompt), and that copy is dropped at the end: played in a loop, the last frame
+        flows into the first."""
         video, owners = self.segment_keyframes(texts)
+        if loop:
+            if self.request.passes < 1:
+                raise InputError("a loop is closed by interpolating from the last keyframe back to the first: ask "
+                                 "for fps 'medium' or 'high'.")
+            video, owners = torch.cat([video, video[:1]]), [*owners, owners[-1]]
         for number in range(1, self.request.passes + 1):
             pairs = owners[1:]
             text = texts[0] if len(set(pairs)) == 1 else TextCondition.stack([texts[o] for o in pairs])
             groups = self.interpolation(text, video, number)
             video = stages.interleave(video.to(groups.device), groups).cpu()
             owners = [owners[0]] + [o for o in pairs for _ in range(4)]
+        if loop:
+            video, owners = video[:-1], owners[:-1]
         return video, owners

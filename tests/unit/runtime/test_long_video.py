@@ -99,3 +99,19 @@ def test_cli_repeated_prompts_make_segments(demo, tmp_path, capsys):
                  "--out", str(tmp_path / "no.mp4")])
     assert code == 2 and "need release 1.1" in capsys.readouterr().err
     assert not (tmp_path / "no.mp4").exists()
+
+
+@pytest.mark.parametrize("release", ["1.0", "1.1"])
+def test_a_loop_interpolates_the_way_back_and_flows_into_its_first_frame(demo, pipeline_11, release):
+    pipeline = pipeline_11 if release == "1.1" else VideoPipeline.from_folder(demo / "k10", demo / "text_encoder")
+    sampler = {"sampler": "ddim"} if release == "1.1" else {"sampler": "official", "steps": 3}
+    request = VideoRequest(**{**REQUEST.__dict__, "fps": "medium", "keyframes": 4, **sampler})
+    looped = pipeline.generate_segments(request, ["a red car"], loop=True)
+    ordinary = pipeline.generate(VideoRequest(**{**request.__dict__, "prompt": "a red car"}))
+    assert looped.frames.shape[0] == 4 * 4  # 4 keyframes, 3 new frames after each, the first one not repeated
+    keyframes = ordinary.latents[::4]
+    assert torch.equal(looped.latents[::4], keyframes)  # the same keyframes; the way back is interpolated
+    steps = (looped.latents.roll(-1, 0) - looped.latents).flatten(1).norm(dim=1)  # steps[-1]: last -> first
+    assert steps[-1] <= steps[:-1].max()  # the wrap-around is no larger than the steps inside the video
+    with pytest.raises(InputError, match="fps 'medium' or 'high'"):
+        pipeline.generate_segments(VideoRequest(**{**request.__dict__, "fps": "low"}), ["a"], loop=True)
