@@ -13,7 +13,7 @@ import torch
 from .errors import FusionFramesError
 from .models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES
 from .models.temporal.selection import CHOICES as VARIANT_CHOICES
-from .releases import FPS_PASSES, MODEL_KINDS, MOTION_SCORES, RELEASES
+from .releases import FPS_PASSES, LATENT_SCALE, MODEL_KINDS, MOTION_SCORES, RELEASES
 
 
 def _progress_printer():
@@ -83,14 +83,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "attention_strength": args.attention_strength, "levels": args.temporal_levels}
     pipeline = _load_pipeline(args, text_encoder, compile=args.compile, temporal=temporal)
     started = time.perf_counter()
-    if len(args.prompt) > 1 or args.loop:
-        result = pipeline.generate_segments(request, args.prompt, progress=_progress_printer(), loop=args.loop)
-    else:
-        result = pipeline.generate(request, progress=_progress_printer())
-    written = _write_result(args.out, folder, result)
-    height, width = result.frames.shape[-2:]
-    print(f"{result.frames.shape[0]} frames {width}x{height} at {result.fps:g} fps, release "
-          f"{pipeline.release}, {time.perf_counter() - started:.1f} s")
+
+    def run(stream=None):
+        if len(args.prompt) > 1 or args.loop:
+            return pipeline.generate_segments(request, args.prompt, progress=_progress_printer(), loop=args.loop,
+                                              stream=stream)
+        return pipeline.generate(request, progress=_progress_printer(), stream=stream)
+
+    if folder:
+        result = run()
+        written = _write_result(args.out, folder, result)
+    else:  # frames go to the encoder clip by clip: memory does not grow with the video's length
+        from .io.video import VideoStream
+        from .releases import fps_for
+
+        with VideoStream(args.out, fps_for(request.resolved(pipeline.release).passes)) as stream:
+            result = run(stream)
+        written = f"video: {stream.path}"
+    count, height, width = result.latents.shape[0], *(s * LATENT_SCALE for s in result.latents.shape[-2:])
+    print(f"{count} frames {width}x{height} at {result.fps:g} fps, release {pipeline.release}, "
+          f"{time.perf_counter() - started:.1f} s")
     print(written)
     return 0
 

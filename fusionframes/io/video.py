@@ -111,6 +111,69 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float)
     return path
 
 
+class VideoStream:
+    """A video file written while its frames are still being made: MP4 frames go to the encoder as they come, so
+    memory does not grow with the video's length (GIF/WebP frames are kept as 8-bit until the end, as Pillow needs
+    them all). As :func:`write_video`, the file appears complete or not at all: it is written beside ``path`` and
+    renamed when the ``with`` block ends normally, and deleted when it ends with an error or a cancel."""
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        self.path = Path(path)
+        check_output(self.path)
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+            raise InputError(f"fps must be a positive number, got {fps!r}.")
+        self.fps = float(fps)
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.frames = 0
+        self._writer = None
+        self._kept: list[np.ndarray] = []
+        self._size: tuple[int, int] | None = None
+
+    def __enter__(self) -> VideoStream:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create the folder for {self.path}: {error.strerror or error}.") from None
+        return self
+
+    def append(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Add frames: float (n, 3, H, W) in [0, 1] or uint8 (n, H, W, 3), all of one size."""
+        video = _as_uint8_video(frames)
+        if self._size is None:
+            self._size = video.shape[1:3]
+        elif video.shape[1:3] != self._size:
+            raise InputError(f"all frames of a video must have one size: {self._size[1]}x{self._size[0]} first, "
+                             f"then {video.shape[2]}x{video.shape[1]}.")
+        if self.path.suffix.lower() != ".mp4":
+            self._kept.extend(video)
+        else:
+            if self._writer is None:
+                import imageio.v2 as imageio
+
+                self._writer = imageio.get_writer(
+                    self.partial, format="FFMPEG", mode="I", fps=self.fps, codec="libx264", pixelformat="yuv420p",
+                    quality=None, macro_block_size=1, ffmpeg_log_level="error",
+                    output_params=["-crf", str(MP4_CRF), "-movflags", "+faststart"])
+            for frame in _even(video):
+                self._writer.append_data(frame)
+        self.frames += video.shape[0]
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if kind is None:
+                if self.frames == 0:
+                    raise InputError(f"no frames were written to {self.path}.")
+                if self._kept:
+                    _write_animation(self.partial, np.stack(self._kept), self.fps)
+                self.partial.replace(self.path)
+        except OSError as failure:
+            raise InputError(f"cannot write {self.path}: {failure}.") from None
+        finally:
+            self.partial.unlink(missing_ok=True)
+
+
 FRAME_PATTERN = "frame_{:05d}.png"
 
 

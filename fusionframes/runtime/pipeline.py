@@ -18,6 +18,7 @@ import torch
 
 from ..errors import CheckpointError, InputError
 from ..io.checkpoints import LoadedModel, load_model
+from ..io.video import VideoStream
 from ..models.configs import release_config_for
 from ..models.dtypes import text_dtype as text_dtype_policy
 from ..models.temporal.selection import check_variant, select_temporal_blocks
@@ -39,7 +40,7 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class VideoResult:
-    frames: torch.Tensor  # (N, 3, H, W) float in [0, 1], CPU
+    frames: torch.Tensor | None  # (N, 3, H, W) float in [0, 1], CPU; None when the frames went to a VideoStream
     fps: float
     latents: torch.Tensor  # (N, 4, h, w)
 
@@ -159,26 +160,35 @@ class VideoPipeline:
         return Sequencer(self.release, request, self._stage, noise=noise, report=report)
 
     def generate(self, request: VideoRequest, noise: NoiseSource | None = None,
-                 progress: Progress | None = None) -> VideoResult:
+                 progress: Progress | None = None, stream: VideoStream | None = None) -> VideoResult:
+        """The request's video; with ``stream`` its frames go to that file clip by clip instead of into memory."""
         run = self.sequencer(request, noise, progress)
         text = self.encode_text(run.request)
-        video = run.latents(text)
-        frames = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
-        return VideoResult(frames, fps_for(run.request.passes), video)
+        return self._decoded(run, run.latents(text), progress, stream)
+
+    @staticmethod
+    def _decoded(run: Sequencer, video: torch.Tensor, progress: Progress | None,
+                 stream: VideoStream | None) -> VideoResult:
+        report = (lambda done, total: progress("decode", done, total)) if progress else None
+        fps = fps_for(run.request.passes)
+        if stream is not None:
+            run.decode_to(video, stream, report)
+            return VideoResult(None, fps, video)
+        return VideoResult(run.decode(video, report), fps, video)
 
     def generate_segments(self, request: VideoRequest, prompts: list[str], noise: NoiseSource | None = None,
-                          progress: Progress | None = None, loop: bool = False) -> VideoResult:
+                          progress: Progress | None = None, loop: bool = False,
+                          stream: VideoStream | None = None) -> VideoResult:
         """A long video (1.1): one segment of the request's keyframes per prompt, each continuing from the last
         keyframe of the one before, then the request's interpolation passes over the whole video and the decoding.
         ``prompts[0]`` replaces the request's prompt; with one prompt this is :meth:`generate` exactly. ``loop``:
-        closed into a seamless loop (:meth:`Sequencer.segment_latents`)."""
+        closed into a seamless loop (:meth:`Sequencer.segment_latents`). ``stream``: as in :meth:`generate`."""
         if isinstance(prompts, str) or not prompts:
             raise InputError("give one prompt per segment (at least one).")
         run = self.sequencer(replace(request, prompt=prompts[0]), noise, progress)
         texts = [self.encode_text(replace(run.request, prompt=prompt)) for prompt in prompts]
         video, _ = run.segment_latents(texts, loop=loop)
-        frames = run.decode(video, (lambda done, total: progress("decode", done, total)) if progress else None)
-        return VideoResult(frames, fps_for(run.request.passes), video)
+        return self._decoded(run, video, progress, stream)
 
     def interpolate_video(self, frames: torch.Tensor, request: VideoRequest, source_fps: float,
                           noise: NoiseSource | None = None, progress: Progress | None = None) -> VideoResult:

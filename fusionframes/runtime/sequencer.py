@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InputError
+from ..io.video import VideoStream
 from ..models.movq.decoding import Tiles
 from ..models.text.condition import TextCondition
 from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release, skip_frames
@@ -249,6 +250,12 @@ class Sequencer:
         """Frames (N, 3, H, W) in [0, 1] on the CPU, decoded by the release's decoder in its official clips."""
         with self.models(decoder or self.release.decoder) as movq:
             return stages.decode_frames(movq, video, tiles=self.request.tiles(), progress=progress)
+
+    def decode_to(self, video: torch.Tensor, stream: VideoStream,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+        """:meth:`decode` into a video file, one clip at a time (bounded memory); returns the frames written."""
+        with self.models(self.release.decoder) as movq:
+            return stages.decode_to_stream(movq, video, stream, tiles=self.request.tiles(), progress=progress)
 
     def latents(self, text: TextCondition) -> torch.Tensor:
         """Keyframes and every interpolation pass of the request: the latent video."""

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.movq.decoding import Tiles, decode_video, encode_frames, official_clip_frames
+from ..io.video import VideoStream
+from ..models.movq.decoding import Tiles, decode_clips, decode_video, encode_frames, official_clip_frames
 from ..models.movq.model import MoVQ
 from ..models.text.condition import TextCondition
 from ..models.unet.interpolation import InterpolationUNet10, InterpolationUNet11
@@ -297,6 +299,24 @@ def decode_frames(
     return images.add_(1).div_(2).clamp_(0, 1)
 
 
+
+
+def decode_to_stream(
+    movq: MoVQ, latents: torch.Tensor, stream: VideoStream, *, clip_frames: int | None = None,
+    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
+) -> int:
+    """:func:`decode_frames` into a :class:`~fusionframes.io.video.VideoStream`, clip by clip: host memory holds one
+    clip of frames, whatever the video's length. Returns the number of frames written."""
+    if latents.dim() == 4:
+        need = decode_need(movq, latents.shape, clip_frames, tiles)
+        preflight.check([replace(need, host_bytes=need.host_bytes // latents.shape[0] * need.units)])
+    done = 0
+    for decoded in decode_clips(movq, latents, clip_frames=clip_frames, tiles=tiles):
+        stream.append(decoded.add_(1).div_(2).clamp_(0, 1))
+        done += decoded.shape[0]
+        if progress is not None:
+            progress(done, latents.shape[0])
+    return done
 
 
 def encode_video(movq: MoVQ, images: torch.Tensor, batch: int = 4) -> torch.Tensor:

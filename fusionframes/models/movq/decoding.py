@@ -125,21 +125,30 @@ def decode_video(movq: MoVQ, latents: torch.Tensor, clip_frames: int | None = No
     and then single frames are decoded in ever smaller tiles (see :func:`_decode_shrinking`). ``progress`` is called
     with (frames decoded, N) after each clip.
     """
-    _check_batch(latents, "latents", movq.config.z_channels)
     total = latents.shape[0]
-    clip = official_clip_frames(total) if clip_frames is None else _positive_int(clip_frames, "clip_frames")
     images: torch.Tensor | None = None
     start = 0
-    for chunk in latents.split(clip):
-        for decoded in _decode_shrinking(movq, chunk, tiles):
-            if images is None:
-                images = torch.empty((total, *decoded.shape[1:]), dtype=torch.float32)
-            images[start:start + decoded.shape[0]] = decoded.to("cpu", torch.float32)
-            start += decoded.shape[0]
-            if progress is not None:
-                progress(start, total)
+    for decoded in decode_clips(movq, latents, clip_frames, tiles):
+        if images is None:
+            images = torch.empty((total, *decoded.shape[1:]), dtype=torch.float32)
+        images[start:start + decoded.shape[0]] = decoded
+        start += decoded.shape[0]
+        if progress is not None:
+            progress(start, total)
     assert images is not None
     return images
+
+
+@torch.no_grad()
+def decode_clips(movq: MoVQ, latents: torch.Tensor, clip_frames: int | None = None,
+                 tiles: Tiles | None = None) -> Iterator[torch.Tensor]:
+    """:func:`decode_video` one clip at a time: yields (n, out_ch, 8h, 8w) CPU float32 images in order, so a caller
+    can write each clip to a file and never hold the whole video."""
+    _check_batch(latents, "latents", movq.config.z_channels)
+    clip = official_clip_frames(latents.shape[0]) if clip_frames is None else _positive_int(clip_frames, "clip_frames")
+    for chunk in latents.split(clip):
+        for decoded in _decode_shrinking(movq, chunk, tiles):
+            yield decoded.to("cpu", torch.float32)
 
 
 def _smaller_tiles(latents: torch.Tensor, tiles: Tiles | None) -> Tiles | None:

@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from fusionframes.errors import InputError
-from fusionframes.io.video import frames_to_uint8, load_image, read_frames, read_video, write_frames, write_video
+from fusionframes.io.video import (
+    VideoStream,
+    frames_to_uint8,
+    load_image,
+    read_frames,
+    read_video,
+    write_frames,
+    write_video,
+)
 
 
 def _moving_gradient(count: int, height: int, width: int) -> torch.Tensor:
@@ -128,3 +136,30 @@ def test_png_frames_are_the_official_8_bit_values_and_replace_an_earlier_run(tmp
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="it is a file"):
         write_frames(tmp_path / "file", frames)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_a_streamed_video_appears_complete_at_the_end(tmp_path, suffix):
+    frames = torch.rand(7, 3, 32, 48)
+    path = tmp_path / f"out{suffix}"
+    with VideoStream(path, 8) as stream:
+        stream.append(frames[:3])
+        assert not path.exists()  # written beside it until complete
+        stream.append(frames[3:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert read_video(path).shape == (7, 32, 48, 3)
+
+
+def test_a_stream_that_fails_or_is_cancelled_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt), VideoStream(tmp_path / "v.mp4", 8) as stream:
+        stream.append(torch.rand(2, 3, 32, 32))
+        raise KeyboardInterrupt
+    with pytest.raises(InputError, match="one size: 32x32 first, then 64x32"), \
+            VideoStream(tmp_path / "v.mp4", 8) as stream:
+        stream.append(torch.rand(2, 3, 32, 32))
+        stream.append(torch.rand(2, 3, 32, 64))
+    with pytest.raises(InputError, match="no frames were written"), VideoStream(tmp_path / "v.mp4", 8):
+        pass
+    with pytest.raises(InputError, match="unsupported file type"):
+        VideoStream(tmp_path / "v.avi", 8)
+    assert list(tmp_path.iterdir()) == []

@@ -115,3 +115,40 @@ def test_a_loop_interpolates_the_way_back_and_flows_into_its_first_frame(demo, p
     assert steps[-1] <= steps[:-1].max()  # the wrap-around is no larger than the steps inside the video
     with pytest.raises(InputError, match="fps 'medium' or 'high'"):
         pipeline.generate_segments(VideoRequest(**{**request.__dict__, "fps": "low"}), ["a"], loop=True)
+
+
+class _Frames:
+    """A stand-in for a VideoStream that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+
+    def append(self, frames: torch.Tensor) -> None:
+        self.parts.append(frames.clone())
+
+
+def test_streamed_decoding_gives_the_decoded_frames_clip_by_clip(pipeline_11):
+    latents = torch.randn(13, 4, 8, 8)
+    movq = pipeline_11.models["video_movq"].model
+    whole = stages.decode_frames(movq, latents)
+    sink = _Frames()
+    assert stages.decode_to_stream(movq, latents, sink) == 13
+    assert [part.shape[0] for part in sink.parts] == [5, 5, 3]  # the official clips, one at a time
+    assert torch.equal(torch.cat(sink.parts), whole)
+
+
+def test_a_cancel_in_segment_3_leaves_no_file(demo, tmp_path, monkeypatch):
+    original = stages.sample_keyframes_11
+
+    def cancelled_in_segment_3(*args, **kwargs):
+        if kwargs.get("phase") == "keyframes3":
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "sample_keyframes_11", cancelled_in_segment_3)
+    out = tmp_path / "videos" / "long.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        main(["generate", "--models", str(demo / "k11"), "--text-encoder", str(demo / "text_encoder"),
+              "--prompt", "a", "--prompt", "b", "--prompt", "c", "--width", "64", "--height", "64", "--keyframes", "3",
+              "--fps", "medium", "--sampler", "ddim", "--steps", "2", "--out", str(out)])
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
