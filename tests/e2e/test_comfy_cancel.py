@@ -58,7 +58,7 @@ CASES = {
     # node: (graph that makes the inputs and loads the models, graph of the long run)
     "FusionFramesKeyframeSampler": (lambda: _sampling(64, 2), lambda: _sampling(512, 16)),  # about 2 s a step
     "FusionFramesFrameInterpolator": (lambda: _encoded(256, 24), lambda: _interpolating(256, 24)),  # 23 pairs, 91
-    "FusionFramesMoVQDecode": (lambda: _encoded(1024, 16), lambda: _decoding(1024, 16)),  # 16 frames at 1024x1024
+    "FusionFramesMoVQDecode": (lambda: _encoded(512, 64), lambda: _decoding(512, 64)),  # 64 frames at 512x512
     "FusionFramesMoVQEncode": (lambda: _encoded(64, 1), lambda: _encoded(512, 16)),  # 4 batches of 4 at 512x512
 }
 

@@ -53,7 +53,7 @@ def too_big(seed: int) -> tuple[dict, str]:
 def _interrupted_large(server) -> bool:
     """Cancel the MoVQ encoding of a 2048x2048 image (one model call of about 20 s) 2 s into it."""
     entry, stopped_after = _interrupt_after(server, _encoded(2048, 1), seconds=2)
-    assert stopped_after < 8, f"took {stopped_after:.1f} s to stop"
+    assert stopped_after < 15, f"took {stopped_after:.1f} s to stop"  # one 2048x2048 convolution: seconds
     return "execution_interrupted" in [m[0] for m in entry["status"].get("messages", [])]
 
 

@@ -185,8 +185,8 @@ def test_official_11_sampler_refuses_other_step_counts(demo_server):
 
 
 def _interrupt_after(server, graph: dict, seconds: float) -> tuple[dict, float]:
-    """Queue ``graph``, press Cancel ``seconds`` after it starts running; its history entry and how long it took
-    to stop."""
+    """Queue ``graph``, press Cancel ``seconds`` after it starts running; its history entry and how long the node
+    took to stop."""
     prompt_id = server.queue(graph)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is running
@@ -195,10 +195,15 @@ def _interrupt_after(server, graph: dict, seconds: float) -> tuple[dict, float]:
             break
         time.sleep(0.2)
     time.sleep(seconds)
-    started = time.monotonic()
+    pressed = time.time()
     server.interrupt()
     entry = server.wait(prompt_id, timeout=120)
-    return entry, time.monotonic() - started
+    waited = time.time() - pressed
+    # when the node stopped: the server's own time stamp of its execution_interrupted message (the history
+    # entry appears later, after ComfyUI's clean-up and our polling)
+    stamps = [m[1]["timestamp"] / 1000 for m in entry["status"].get("messages", [])
+              if m[0] == "execution_interrupted" and "timestamp" in m[1]]
+    return entry, (stamps[0] - pressed) if stamps else waited
 
 
 def test_interrupt_stops_sampling_within_a_step(demo_server):
@@ -270,7 +275,8 @@ def test_interrupt_stops_encoding_a_huge_image_within_a_block(demo_server):
     messages = [m[0] for m in entry["status"].get("messages", [])]
     assert "execution_interrupted" in messages, entry["status"]
     print(f"\nMoVQ Encode of 2048x2048 stopped {stopped_after:.1f} s after Cancel")
-    assert stopped_after < 8, f"took {stopped_after:.1f} s to stop"  # one 2048x2048 convolution: up to 3.5 s here
+    # one 2048x2048 convolution takes up to 3.5 s here (more on a slower CPU); before the cancel points: over 120 s
+    assert stopped_after < 15, f"took {stopped_after:.1f} s to stop"
     _assert_server_still_works(demo_server)
 
 
@@ -285,6 +291,6 @@ def test_a_request_too_big_for_the_machine_is_refused_before_it_starts(demo_serv
     assert error["node_type"] == "FusionFramesKeyframeSampler"
     message = error["exception_message"]
     assert "sampling keyframes would need about" in message and "(64 keyframes at 2048x2048)" in message
-    assert "(FUSIONFRAMES_MEMORY_LIMIT)" in message and "keyframes fit at 2048x2048" in message
+    assert "is available" in message and "keyframes fit at 2048x2048" in message  # 12 GB or less, by the machine
     assert "FUSIONFRAMES_SKIP_PREFLIGHT=1" in message
     _assert_server_still_works(demo_server)
