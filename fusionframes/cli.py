@@ -72,7 +72,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     request = VideoRequest(
         prompt=args.prompt[0], negative_prompt=args.negative_prompt,
-        image=load_image(args.image) if args.image else None, width=args.width, height=args.height, fps=args.fps,
+        image=load_image(args.image) if args.image else None,
+        last_image=load_image(args.last_image) if args.last_image else None, width=args.width, height=args.height, fps=args.fps,
         seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         first_frame_guidance=args.first_frame_guidance, image_guidance=args.image_guidance,
         interpolation_guidance=args.interpolation_guidance, motion=args.motion,
@@ -232,6 +233,9 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", default=None,
                         help="1.0 only: replaces the null context; empty = none (1.1 ignores negative prompts)")
     parser.add_argument("--image", default=None, help="first frame for image-to-video (1.1)")
+    parser.add_argument("--last-image", default=None,
+                        help="1.1: the frame the keyframes end on (of a long video: its last segment), held at every "
+                             "sampling step; not an official feature")
     parser.add_argument("--width", type=int, default=512, help="multiple of 64")
     parser.add_argument("--height", type=int, default=512, help="multiple of 64")
     parser.add_argument("--fps", choices=list(FPS_PASSES), default="low",

@@ -42,6 +42,7 @@ class VideoRequest:
     prompt: str = ""
     negative_prompt: str | None = None
     image: Image.Image | None = None
+    last_image: Image.Image | None = None  # 1.1: the frame the keyframes end on (not an official feature)
     width: int | None = 512  # None: not needed (interpolating given latents)
     height: int | None = 512
     fps: str = "low"
@@ -80,6 +81,9 @@ class VideoRequest:
             raise InputError(f"steps must be a whole number of at least 1 (or None: official), got {self.steps!r}.")
         if self.image is not None and not official.image_to_video:
             raise InputError("image-to-video needs the 1.1 models; 1.0 generates from text only.")
+        if self.last_image is not None and not official.image_to_video:
+            raise InputError("a last frame needs the 1.1 models (their keyframes are conditioned on frames); 1.0 "
+                             "generates from text only.")
         if not isinstance(self.prompt, str):
             raise InputError(f"the prompt must be text, got {type(self.prompt).__name__}.")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
@@ -201,7 +205,17 @@ class Sequencer:
                 raise InputError("text-to-video needs the generated first frame to make the key frame.")
             return stages.first_frame_to_key_frame(movq, first_frame, r.width, r.height)
 
-    def keyframes(self, text: TextCondition, key_frame: torch.Tensor | None = None) -> torch.Tensor:
+    def last_frame(self, width: int | None = None, height: int | None = None) -> torch.Tensor | None:
+        """1.1: the latent of the request's last image (fitted to the video's size as the first image is), or
+        None without one."""
+        r = self.request
+        if r.last_image is None:
+            return None
+        with self.models("movq") as movq:
+            return stages.encode_image(movq, r.last_image, width or r.width, height or r.height)
+
+    def keyframes(self, text: TextCondition, key_frame: torch.Tensor | None = None,
+                  last_frame: torch.Tensor | None = None) -> torch.Tensor:
         """The keyframe latents (N, 4, h, w): 1.0 from the text; 1.1 from the text and the key frame."""
         stage, r = Stage("keyframes", "keyframe", "keyframes"), self.request
         with self.models("keyframe") as unet:
@@ -215,14 +229,15 @@ class Sequencer:
                 unet, text, key_frame, self.noise, num_frames=r.keyframes or self.release.keyframes,
                 guidance_text=r.guidance, guidance_image=r.image_guidance, noise_augmentation=r.noise_augmentation,
                 motion_score=MOTION_SCORES[r.motion], on_step=self._on_step(stage), sampler=r.sampler,
-                steps=self._steps(stage))
+                steps=self._steps(stage), last_frame=last_frame)
 
-    def all_keyframes(self, text: TextCondition) -> torch.Tensor:
-        """Every keyframe stage of the release, in order."""
+    def all_keyframes(self, text: TextCondition, end: bool = True) -> torch.Tensor:
+        """Every keyframe stage of the release, in order; ``end``: ending on the request's last image, if any."""
         if self.release.name == "1.0":
             return self.keyframes(text)
         first = None if self.request.image is not None else self.first_frame(text)
-        return self.keyframes(text, self.key_frame(first))
+        key_frame = self.key_frame(first)
+        return self.keyframes(text, key_frame, self.last_frame() if end else None)
 
     def interpolation(self, text: TextCondition | None, video: torch.Tensor, pass_number: int) -> torch.Tensor:
         """Interpolation pass ``pass_number`` (1, 2, ...): the groups of 3 new frames (N-1, 12, h, w)."""
@@ -263,51 +278,126 @@ class Sequencer:
 
     # -- long videos: one segment per prompt ---------------------------------------------------------------------
 
+    def continue_segments(self, keyframes: torch.Tensor, segments: list[int], texts: list[TextCondition],
+                          count: int, last_frame: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """``count`` more segments of keyframes after ``keyframes``, and the segment of every frame.
+
+        ``segments`` says which segment (prompt line, from 0) each given frame belongs to; -1 marks frames from
+        elsewhere (a video continued from its frames). The new segments take the next lines of ``texts`` (one
+        prompt per segment of the whole video, or a single prompt for all: :func:`segment_prompts`). Each is
+        conditioned on the previous last keyframe, as image-to-video is on its image, draws its own noise, and
+        drops its first keyframe, which re-generates that shared frame: the shared frame appears once.
+        ``last_frame``: the latent the last new segment ends on."""
+        check_segments(keyframes, segments)
+        if self.release.name != "1.1":
+            raise InputError("continuing a video needs release 1.1: its keyframes continue from a given frame "
+                             "(1.0's cannot).")
+        first = max(segments) + 1
+        lines = segment_prompts(texts, first + count)
+        r = self.request
+        for segment in range(first, first + count):
+            stage = Stage("keyframes" if segment == 0 else f"keyframes{segment + 1}", "keyframe", "keyframes")
+            with self.models("keyframe") as unet:
+                more = stages.sample_keyframes_11(
+                    unet, lines[segment], keyframes[-1], self.noise, num_frames=r.keyframes or self.release.keyframes,
+                    guidance_text=r.guidance, guidance_image=r.image_guidance,
+                    noise_augmentation=r.noise_augmentation, motion_score=MOTION_SCORES[r.motion],
+                    on_step=self._on_step(stage), sampler=r.sampler, steps=self._steps(stage), phase=stage.role,
+                    last_frame=last_frame if segment == first + count - 1 else None)
+            keyframes = torch.cat([keyframes, more[1:].to(keyframes.device)])
+            segments = [*segments, *[segment] * (more.shape[0] - 1)]
+        return keyframes, segments
+
     def segment_keyframes(self, texts: list[TextCondition]) -> tuple[torch.Tensor, list[int]]:
         """The keyframes of ``len(texts)`` segments (more than one: 1.1), and the segment (0, 1, ...) of each.
-
-        Segment 1 is the request's keyframes exactly; every later segment's keyframes are conditioned on the
-        previous segment's last keyframe, as image-to-video is on its image, and draw their own noise. A segment's
-        first keyframe re-generates that shared frame, so it is dropped: the shared frame appears once."""
+        Segment 1 is the request's keyframes exactly; the others follow by :meth:`continue_segments`; the request's
+        last image ends the last segment."""
         if self.release.name != "1.1" and len(texts) > 1:
             raise InputError("long videos with a prompt per segment need release 1.1: its keyframes continue from a "
                              "given frame (1.0's cannot).")
         if not texts:
             raise InputError("a long video needs at least one segment (one prompt per segment).")
-        keyframes = self.all_keyframes(texts[0])
-        owners = [0] * keyframes.shape[0]
-        for segment, text in enumerate(texts[1:], start=1):
-            stage, r = Stage(f"keyframes{segment + 1}", "keyframe", "keyframes"), self.request
-            with self.models("keyframe") as unet:
-                more = stages.sample_keyframes_11(
-                    unet, text, keyframes[-1], self.noise, num_frames=r.keyframes or self.release.keyframes,
-                    guidance_text=r.guidance, guidance_image=r.image_guidance,
-                    noise_augmentation=r.noise_augmentation, motion_score=MOTION_SCORES[r.motion],
-                    on_step=self._on_step(stage), sampler=r.sampler, steps=self._steps(stage), phase=stage.role)
-            keyframes = torch.cat([keyframes, more[1:].to(keyframes.device)])
-            owners += [segment] * (more.shape[0] - 1)
-        return keyframes, owners
+        keyframes = self.all_keyframes(texts[0], end=len(texts) == 1)
+        segments = [0] * keyframes.shape[0]
+        if len(texts) == 1:
+            return keyframes, segments
+        height, width = (LATENT_SCALE * side for side in keyframes.shape[-2:])
+        return self.continue_segments(keyframes, segments, texts, len(texts) - 1, self.last_frame(width, height))
+
+    def interpolate_segments(self, texts: list[TextCondition], video: torch.Tensor, segments: list[int],
+                             passes: int | None = None, done: int = 0) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`interpolate` for a video of segments: each pair of frames is interpolated with the prompt of the
+        segment its second frame belongs to (a single prompt: that one for all). Returns the frames and their
+        segments (the new frames belong to the segment of the pair)."""
+        check_segments(video, segments)
+        passes = self.request.passes if passes is None else passes
+        if self.release.name == "1.0":
+            return self.interpolate(None, video, passes, done), expand_segments(segments, passes)
+        lines = segment_prompts(texts, max(segments) + 1)
+        for number in range(done + 1, done + passes + 1):
+            pairs = segments[1:]
+            if min(pairs) < 0:
+                raise InputError("frames after the first of this video belong to no segment (they came from "
+                                 "elsewhere): interpolate the continued part alone, from the shared frame on.")
+            text = lines[pairs[0]] if len(set(pairs)) == 1 else TextCondition.stack([lines[o] for o in pairs])
+            groups = self.interpolation(text, video, number)
+            video = stages.interleave(video.to(groups.device), groups).cpu()
+            segments = expand_segments(segments, 1)
+        return video, segments
 
     def segment_latents(self, texts: list[TextCondition], loop: bool = False) -> tuple[torch.Tensor, list[int]]:
         """The latent video of a long request (:meth:`segment_keyframes`, then the request's interpolation passes over
         the whole sequence, so segment borders are interpolated like every other pair), and each frame's segment.
-        A pair of frames is interpolated with the prompt of the segment its second frame belongs to.
 
-        ``loop``: the first keyframe is appended after the last, so the interpolation also fills the way back
-        (with the last segment's prompt), and that copy is dropped at the end: played in a loop, the last frame
-        flows into the first."""
-        video, owners = self.segment_keyframes(texts)
+        ``loop``: closed by :func:`close_loop` before the interpolation and opened again after it: played in a loop,
+        the last frame flows into the first."""
+        video, segments = self.segment_keyframes(texts)
         if loop:
             if self.request.passes < 1:
                 raise InputError("a loop is closed by interpolating from the last keyframe back to the first: ask "
                                  "for fps 'medium' or 'high'.")
-            video, owners = torch.cat([video, video[:1]]), [*owners, owners[-1]]
-        for number in range(1, self.request.passes + 1):
-            pairs = owners[1:]
-            text = texts[0] if len(set(pairs)) == 1 else TextCondition.stack([texts[o] for o in pairs])
-            groups = self.interpolation(text, video, number)
-            video = stages.interleave(video.to(groups.device), groups).cpu()
-            owners = [owners[0]] + [o for o in pairs for _ in range(4)]
-        if loop:
-            video, owners = video[:-1], owners[:-1]
-        return video, owners
+            video, segments = close_loop(video, segments)
+        video, segments = self.interpolate_segments(texts, video, segments)
+        return open_loop(video, segments) if loop else (video, segments)
+
+
+def segment_prompts(texts: list[TextCondition], segments: int) -> list[TextCondition]:
+    """The prompt of each of ``segments`` segments: one line per segment, or one prompt for all. Any other count is
+    an error rather than a guess (a missing line would repeat a prompt, a surplus one would be dropped silently)."""
+    if not texts:
+        raise InputError("give at least one prompt.")
+    if len(texts) == 1:
+        return list(texts) * segments
+    if len(texts) != segments:
+        raise InputError(f"{len(texts)} prompts for a video of {segments} segments: give one prompt per segment (line "
+                         "k for segment k, counted from the video's first), or a single prompt for all of them.")
+    return list(texts)
+
+
+def check_segments(video: torch.Tensor, segments: list[int]) -> None:
+    if video.dim() != 4 or video.shape[0] < 1:
+        raise InputError(f"expected latent frames (N, 4, h, w), got {tuple(video.shape)}.")
+    if len(segments) != video.shape[0]:
+        raise InputError(f"the video has {video.shape[0]} frames but segments for {len(segments)}.")
+
+
+def expand_segments(segments: list[int], passes: int) -> list[int]:
+    """The segments of the frames after ``passes`` interpolation passes (3 new frames per pair, of the pair's
+    segment: the segment of its second frame)."""
+    for _ in range(passes):
+        segments = [segments[0], *[s for s in segments[1:] for _ in range(4)]]
+    return segments
+
+
+def close_loop(video: torch.Tensor, segments: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """A loop to interpolate: the first frame again after the last, so interpolation fills the way back (with the
+    last segment's prompt). :func:`open_loop` drops that copy after the interpolation."""
+    check_segments(video, segments)
+    if video.shape[0] < 2:
+        raise InputError("a loop needs at least 2 keyframes.")
+    return torch.cat([video, video[:1]]), [*segments, segments[-1]]
+
+
+def open_loop(video: torch.Tensor, segments: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Drops the copy of the first frame that :func:`close_loop` appended."""
+    return video[:-1], segments[:-1]

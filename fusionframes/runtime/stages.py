@@ -24,7 +24,7 @@ from ..models.unet.keyframe import KeyframeUNet10, KeyframeUNet11
 from ..releases import LATENT_SCALE, MOTION_SCORES, NOISE_AUGMENTATION_RANGE, VIDEO_LENGTH_10, official_steps
 from ..sampling import guidance
 from ..sampling.fast import make_schedule
-from ..sampling.loop import OnStep, initial_noise, sample
+from ..sampling.loop import KnownFrames, OnStep, initial_noise, sample
 from ..sampling.noise import NoiseSource
 from ..sampling.schedules import K11Schedule
 from . import preflight
@@ -238,11 +238,16 @@ def sample_keyframes_11(
     sampler: str = "official",
     steps: int | None = None,
     phase: str = "keyframes",
+    last_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """1.1 keyframes conditioned on a key-frame latent (4, h, w) as frame 0, with uniform noise augmentation
     (always on the official training schedule, whichever ``sampler`` samples). ``phase`` names the noise stream
-    (later segments of a long video draw their own)."""
+    (later segments of a long video draw their own). ``last_frame`` (a latent like ``key_frame``; not official):
+    the last keyframe is held to it at every step, so the keyframes end on that frame."""
     check_frames(num_frames, 2, "the number of 1.1 keyframes")
+    if last_frame is not None and tuple(last_frame.shape) != tuple(key_frame.shape):
+        raise InputError(f"the last frame's latent {tuple(last_frame.shape)} does not match the first frame's "
+                         f"{tuple(key_frame.shape)}: give both frames at the video's size.")
     check_guidance(guidance_text=guidance_text, guidance_image=guidance_image)
     low, high = NOISE_AUGMENTATION_RANGE
     if isinstance(noise_augmentation, bool) or not isinstance(noise_augmentation, int) or \
@@ -256,10 +261,15 @@ def sample_keyframes_11(
     augmented = training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
+    known = None
+    if last_frame is not None:  # its own stream: the other draws stay those of the run without a last frame
+        known = KnownFrames(-1, last_frame.float().cpu(), noise.normal(f"{phase}.last_frame", "init",
+                                                                       tuple(key_frame.shape)))
     height, width = (LATENT_SCALE * s for s in key_frame.shape[-2:])
     preflight.check([keyframes_11_need(unet, num_frames, width, height)])
     with explain_out_of_memory("sampling keyframes", _advice(width, height, num_frames, "keyframes")):
-        return sample(schedule, denoise, shape, noise, phase, device=unet.device, x_init=x_init, on_step=on_step)
+        return sample(schedule, denoise, shape, noise, phase, device=unet.device, x_init=x_init, on_step=on_step,
+                      known=known)
 
 
 def interpolate_11(

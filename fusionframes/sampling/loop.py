@@ -27,16 +27,35 @@ without blocking, so the loop itself adds no host-device synchronisation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .noise import NoiseSource
 from .schedules import DiffusionSchedule
 
-__all__ = ["initial_noise", "noise_role", "sample", "to_device"]
+__all__ = ["KnownFrames", "initial_noise", "noise_role", "sample", "to_device"]
 
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
 OnStep = Callable[[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class KnownFrames:
+    """Frames of the sample whose clean latents are given (inpainting by replacement): after every step the frames
+    ``index`` (along dim 0) are set to ``latents`` noised to the level the state has reached, with the fixed
+    ``noise``, and to ``latents`` themselves after the last step, so the model shapes the other frames around them."""
+
+    index: int | slice
+    latents: torch.Tensor
+    noise: torch.Tensor
+
+    def apply(self, schedule: DiffusionSchedule, x: torch.Tensor, t: int | None) -> torch.Tensor:
+        """``x`` at the sampler's timestep ``t`` (None: the end) with the known frames put in."""
+        latents = to_device(self.latents, x.device, torch.float32)
+        target = latents if t is None else schedule.add_noise(latents, to_device(self.noise, x.device), t)
+        x[self.index] = target.to(x.dtype)
+        return x
 
 
 def noise_role(index: int) -> str:
@@ -78,6 +97,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     on_step: OnStep | None = None,
     x_init: torch.Tensor | None = None,
+    known: KnownFrames | None = None,
 ) -> torch.Tensor:
     """Run the whole reverse process and return the final latents (``dtype``, on ``device``).
 
@@ -85,6 +105,7 @@ def sample(
     (any float dtype; the schedule promotes it as the official code does). ``on_step(index, total, t, x_before, pred,
     x_after)`` is called after every update (progress, interruption by raising, trajectory recording).
     ``x_init`` replaces the ``init`` draw. The official loops keep the state in float32 (the default ``dtype``).
+    ``known``: frames held to given latents (:class:`KnownFrames`; not an official feature).
     """
     shape = tuple(int(s) for s in shape)
     device = torch.device(device)
@@ -107,6 +128,8 @@ def sample(
             drawn += 1
         pred = denoise(x, schedule.model_time(t))
         x_next = schedule.step(x, pred, t, z)
+        if known is not None:
+            x_next = known.apply(schedule, x_next, timesteps[index + 1] if index + 1 < total else None)
         if on_step is not None:
             on_step(index, total, t, x, pred, x_next)
         x = x_next

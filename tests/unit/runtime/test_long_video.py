@@ -152,3 +152,69 @@ def test_a_cancel_in_segment_3_leaves_no_file(demo, tmp_path, monkeypatch):
               "--prompt", "a", "--prompt", "b", "--prompt", "c", "--width", "64", "--height", "64", "--keyframes", "3",
               "--fps", "medium", "--sampler", "ddim", "--steps", "2", "--out", str(out)])
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def _picture(seed: int, size: int = 64):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+def test_a_last_image_ends_the_keyframes_exactly_and_shapes_the_ones_before(pipeline_11):
+    request = VideoRequest(**{**REQUEST.__dict__, "prompt": "a red car", "keyframes": 4})
+    free = pipeline_11.generate(request)
+    with_end = VideoRequest(**{**request.__dict__, "last_image": _picture(1)})
+    ending = pipeline_11.generate(with_end)
+    target = pipeline_11.sequencer(with_end).last_frame()
+    assert torch.equal(ending.latents[-1], target)  # the last keyframe is the given frame's latent
+    assert not torch.equal(ending.latents[-1], free.latents[-1])
+    assert not torch.equal(ending.latents[1:-1], free.latents[1:-1])  # the frames between lead towards it
+
+
+def test_a_long_videos_last_image_ends_its_last_segment_only(pipeline_11, monkeypatch):
+    ends = []
+    original = stages.sample_keyframes_11
+
+    def recording(*args, **kwargs):
+        ends.append(kwargs.get("last_frame") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "sample_keyframes_11", recording)
+    request = VideoRequest(**{**REQUEST.__dict__, "last_image": _picture(2)})
+    result = pipeline_11.generate_segments(request, ["a", "b", "c"])
+    assert ends == [False, False, True]
+    assert result.latents.shape[0] == 3 + 2 + 2
+
+
+def test_a_last_image_needs_11(demo):
+    pipeline_10 = VideoPipeline.from_folder(demo / "k10", demo / "text_encoder")
+    request = VideoRequest(**{**REQUEST.__dict__, "sampler": "official", "last_image": _picture(3)})
+    with pytest.raises(InputError, match="last frame needs the 1.1 models"):
+        pipeline_10.generate(request)
+
+
+def test_prompt_lines_are_one_per_segment_or_one_for_all():
+    from fusionframes.runtime.sequencer import segment_prompts
+
+    a, b, c = object(), object(), object()
+    assert segment_prompts([a], 3) == [a, a, a]
+    assert segment_prompts([a, b, c], 3) == [a, b, c]
+    for lines in ([a, b], [a, b, c, a]):
+        with pytest.raises(InputError, match="one prompt per segment"):
+            segment_prompts(lines, 3)
+    with pytest.raises(InputError, match="at least one prompt"):
+        segment_prompts([], 2)
+
+
+def test_continuing_keyframes_checks_its_inputs(pipeline_11):
+    run = pipeline_11.sequencer(REQUEST)
+    text = pipeline_11.encode_text(VideoRequest(prompt="a"))
+    video = torch.randn(3, 4, 8, 8)
+    with pytest.raises(InputError, match="3 frames but segments for 2"):
+        run.continue_segments(video, [0, 0], [text], 1)
+    with pytest.raises(InputError, match="2 prompts for a video of 3 segments"):
+        run.continue_segments(video, [0, 0, 0], [text, text], 2)
+    more, segments = run.continue_segments(video, [-1, -1, -1], [text], 2)  # frames from elsewhere: lines from 0
+    assert more.shape[0] == 3 + 2 + 2 and segments == [-1] * 3 + [0, 0, 1, 1]
