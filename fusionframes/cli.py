@@ -73,7 +73,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request = VideoRequest(
         prompt=args.prompt[0], negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None,
-        last_image=load_image(args.last_image) if args.last_image else None, width=args.width, height=args.height, fps=args.fps,
+        last_image=load_image(args.last_image) if args.last_image else None, width=args.width, height=args.height,
+        fps=args.fps,
         seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         first_frame_guidance=args.first_frame_guidance, image_guidance=args.image_guidance,
         interpolation_guidance=args.interpolation_guidance, motion=args.motion,
