@@ -5,12 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .comfy_models import register_folders
+from .extend_video import CloseLoop, ExtendVideo
 from .frame_interpolator import FrameInterpolator
 from .keyframe_sampler import KeyframeSampler
 from .loaders import LoadInterpolationModel, LoadKeyframeModel, LoadMoVQ, LoadTextEncoder
-from .movq_codec import MoVQDecode, MoVQEncode
+from .movq_codec import MoVQDecode, MoVQEncode, SaveVideoStreamed
 from .temporal_block_selector import TemporalBlockSelector
-from .text_encode import TextEncode
+from .text_encode import TextEncode, TextEncodeSegments
 
 NODES: list[type[io.ComfyNode]] = [
     LoadKeyframeModel,
@@ -18,9 +19,13 @@ NODES: list[type[io.ComfyNode]] = [
     LoadMoVQ,
     LoadTextEncoder,
     TextEncode,
+    TextEncodeSegments,
     KeyframeSampler,
+    ExtendVideo,
+    CloseLoop,
     FrameInterpolator,
     MoVQDecode,
+    SaveVideoStreamed,
     MoVQEncode,
     TemporalBlockSelector,
 ]

@@ -36,6 +36,15 @@ def register_folders() -> None:
         folder_paths.add_model_folder_path(FOLDER, path)
 
 
+def output_file(prefix: str, suffix: str, width: int, height: int) -> tuple[str, str, str]:
+    """A new file in ComfyUI's output folder named as the core save nodes name theirs (``prefix`` may hold a
+    subfolder and ComfyUI's %...% fields): its full path, its file name and its subfolder."""
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+        prefix, folder_paths.get_output_directory(), width, height)
+    file = f"{name}_{counter:05}_.{suffix}"
+    return os.path.join(folder, file), file, subfolder
+
+
 def checkpoint_files() -> list[str]:
     return folder_paths.get_filename_list(FOLDER)
 

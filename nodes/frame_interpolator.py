@@ -8,8 +8,8 @@ from ..fusionframes.releases import KEYFRAME_FPS, fps_for
 from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
 from ..fusionframes.sampling.fast import SAMPLERS
 from . import comfy_models as cm
-from .keyframe_sampler import node_models, node_progress, text_condition
-from .types import CATEGORY, Conditioning, InterpolationModel, latent_frames, latent_info, make_latent
+from .keyframe_sampler import node_models, node_progress, text_conditions
+from .types import CATEGORY, Conditioning, InterpolationModel, frame_segments, latent_frames, latent_info, make_latent
 
 
 class FrameInterpolator(io.ComfyNode):
@@ -37,7 +37,9 @@ class FrameInterpolator(io.ComfyNode):
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=30.0, step=0.05,
                                tooltip="-1 = the official value (0.25 for 1.0, 0.5 for 1.1)."),
                 Conditioning.Input("conditioning", optional=True,
-                                   tooltip="1.1: the prompt (the 1.1 interpolation model is text-conditioned)."),
+                                   tooltip="1.1: the prompt (the 1.1 interpolation model is text-conditioned); of a "
+                                           "long video, its prompts per segment: each pair of frames gets the "
+                                           "prompt of the segment it ends in."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -51,18 +53,19 @@ class FrameInterpolator(io.ComfyNode):
         if video.shape[0] < 2:
             raise ValueError(f"{what}: needs at least 2 frames to interpolate between, got {video.shape[0]}.")
         release = interpolation_model.release
-        text = None
+        texts = []
         if release == "1.1":
             if conditioning is None:
                 raise ValueError(f"{what}: the 1.1 interpolation model needs the prompt: connect the conditioning "
                                  "input.")
-            text = text_condition(conditioning, interpolation_model, what)
+            texts = text_conditions(conditioning, interpolation_model, what)
         request = VideoRequest(width=None, height=None, seed=seed, steps=steps or None, sampler=sampler,
                                interpolation_guidance=None if guidance < 0 else guidance)
         info = latent_info(latent)
         done = info.get("interpolation_passes", 0)
         run = Sequencer(release, request, node_models(interpolation=interpolation_model))
         node_progress(run, run.plan(keyframes=False, passes=passes, done=done, decode=False))
-        video = run.interpolate(text, video, passes, done)
+        video, segments = run.interpolate_segments(texts, video, frame_segments(latent), passes, done)
         fps = fps_for(passes, info.get("fps", KEYFRAME_FPS))
-        return io.NodeOutput(make_latent(video, release, fps, done + passes))
+        return io.NodeOutput(make_latent(video, release, fps, done + passes, segments=segments,
+                                         loop=bool(info.get("loop"))))

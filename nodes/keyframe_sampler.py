@@ -34,6 +34,15 @@ def text_condition(conditioning: TextCondition, model: cm.ManagedModel, what: st
     return conditioning
 
 
+def text_conditions(conditioning, model: cm.ManagedModel, what: str) -> list[TextCondition]:
+    """The prompts of a conditioning, each checked: one, or one per segment (a list, from 'FusionFrames Text Encode
+    (prompt per segment)')."""
+    lines = conditioning if isinstance(conditioning, list) else [conditioning]
+    if not lines:
+        raise ValueError(f"{what}: the conditioning holds no prompt.")
+    return [text_condition(line, model, what) for line in lines]
+
+
 def node_models(**models: cm.ManagedModel | None):
     """The sequencer's model access for a node: each model loaded by ComfyUI's memory manager when its stage
     starts; the keyframe model with the Temporal Block Selector's strengths (a view, the shared model untouched)."""
@@ -60,9 +69,9 @@ def node_progress(run: Sequencer, stages) -> cm.StepProgress:
     return progress
 
 
-def image_to_pil(image: torch.Tensor) -> Image.Image:
-    """First image of a ComfyUI IMAGE batch ([B, H, W, C] in 0..1) as an 8-bit RGB picture."""
-    pixels = (image[0, ..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+def image_to_pil(image: torch.Tensor, index: int = 0) -> Image.Image:
+    """An image of a ComfyUI IMAGE batch ([B, H, W, C] in 0..1; the first by default) as an 8-bit RGB picture."""
+    pixels = (image[index, ..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
@@ -106,6 +115,10 @@ class KeyframeSampler(io.ComfyNode):
                                tooltip="1.1: motion score (low 1, medium 10, high 50, extreme 100)."),
                 io.Int.Input("noise_augmentation", default=20, min=0, max=999, optional=True,
                              tooltip="1.1: noise level added to the first-frame latent (official 20)."),
+                io.Image.Input("last_image", optional=True,
+                               tooltip="1.1: the frame the keyframes end on (fitted to the size as the first image "
+                                       "is); the last keyframe is held to it at every step. Not an official "
+                                       "feature."),
             ],
             outputs=[io.Latent.Output(display_name="keyframes")],
         )
@@ -114,12 +127,12 @@ class KeyframeSampler(io.ComfyNode):
     def execute(cls, keyframe_model, conditioning, width: int, height: int, keyframes: int, seed: int, steps: int,
                 sampler: str, guidance: float, movq=None, image=None, image_guidance: float = 2.0,
                 first_frame_guidance: float = 5.0, motion: str = "medium",
-                noise_augmentation: int = 20) -> io.NodeOutput:
+                noise_augmentation: int = 20, last_image=None) -> io.NodeOutput:
         cm.check_widgets(cls, locals())
         what = "T2V Keyframe Sampler"
         if keyframe_model.kind != "keyframe":
             raise ValueError(f"{what}: keyframe_model must come from 'Load FusionFrames Keyframe Model'.")
-        text = text_condition(conditioning, keyframe_model, what)
+        text = text_conditions(conditioning, keyframe_model, what)[0]  # of a long video: its first segment
         release = keyframe_model.release
         if release == "1.1" and (movq is None or movq.kind != "movq"):
             raise ValueError(f"{what}: release 1.1 needs the image MoVQ (movq.pt) on the 'movq' input, to encode the "
@@ -129,7 +142,7 @@ class KeyframeSampler(io.ComfyNode):
             width=width, height=height, keyframes=keyframes or None, seed=seed, steps=steps or None, sampler=sampler,
             guidance=guidance, image=image_to_pil(image) if image_to_video else None,
             first_frame_guidance=first_frame_guidance, image_guidance=image_guidance, motion=motion,
-            noise_augmentation=noise_augmentation)
+            noise_augmentation=noise_augmentation, last_image=None if last_image is None else image_to_pil(last_image))
         run = Sequencer(release, request, node_models(keyframe=keyframe_model, movq=movq))
         node_progress(run, run.plan(passes=0, decode=False))
         latents = run.all_keyframes(text)

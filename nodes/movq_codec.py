@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..fusionframes.io.video import VideoStream
 from ..fusionframes.models.movq.decoding import Tiles, official_clip_frames
-from ..fusionframes.releases import KEYFRAME_FPS
+from ..fusionframes.releases import KEYFRAME_FPS, LATENT_SCALE
 from ..fusionframes.runtime import stages
 from . import comfy_models as cm
-from .types import CATEGORY, MoVQModel, latent_frames, latent_info, make_latent
+from .types import CATEGORY, MoVQModel, latent_info, make_latent, playable_frames
 
 DECODE_MODES = ["official clips", "one clip per frame", "custom clip length"]
 
@@ -52,7 +53,7 @@ class MoVQDecode(io.ComfyNode):
         cm.check_widgets(cls, locals())
         if clips not in DECODE_MODES:
             raise ValueError(f"Temporal MoVQ Decode: clips {clips!r} is not one of {', '.join(DECODE_MODES)}.")
-        video = latent_frames(latent, "Temporal MoVQ Decode")
+        video = playable_frames(latent, "Temporal MoVQ Decode")
         count = video.shape[0]
         length = {"official clips": official_clip_frames(count), "one clip per frame": 1,
                   "custom clip length": clip_frames}[clips]
@@ -101,3 +102,47 @@ class MoVQEncode(io.ComfyNode):
             latents = stages.encode_video(model, pixels)
         progress.count(1)
         return io.NodeOutput(make_latent(latents, None, fps))
+
+
+class SaveVideoStreamed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesSaveVideo",
+            display_name="Decode and Save Video (streamed)",
+            category=CATEGORY,
+            description="Decodes the latent video in the official clips and writes each clip to the video file as "
+                        "soon as it is decoded, so memory does not grow with the video's length (a long video "
+                        "through MoVQ Decode holds every frame as float32). The file appears complete or not at "
+                        "all: a cancel or an error leaves nothing in the output folder.",
+            inputs=[
+                MoVQModel.Input("movq", tooltip="The video's decoder: video_movq.pt (1.1) or movq.pt (1.0)."),
+                io.Latent.Input("latent"),
+                io.String.Input("filename_prefix", default="fusionframes/video",
+                                tooltip="Where in ComfyUI's output folder, as in Save Video."),
+                io.Combo.Input("format", options=["mp4", "webp", "gif"], default="mp4",
+                               tooltip="mp4 (H.264) is streamed; webp and gif keep 8-bit frames until the end, as "
+                                       "their writer needs them all (still 12x less than float frames)."),
+                io.Int.Input("tile_size", default=0, min=0, max=4096, step=32,
+                             tooltip="0: whole frames; otherwise square tiles of this many pixels."),
+                io.Int.Input("tile_overlap", default=32, min=0, max=512, step=8),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, movq, latent: dict, filename_prefix: str, format: str, tile_size: int = 0,
+                tile_overlap: int = 32) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
+        what = "Decode and Save Video"
+        video = playable_frames(latent, what)
+        tiles = Tiles.from_pixels(tile_size, tile_overlap, movq.module.downscale)
+        height, width = (LATENT_SCALE * side for side in video.shape[-2:])
+        path, file, subfolder = cm.output_file(filename_prefix, format, width, height)
+        progress = cm.StepProgress(video.shape[0])
+        model = movq.load()
+        with cm.cancellable(movq), VideoStream(path, latent_info(latent).get("fps", KEYFRAME_FPS)) as stream:
+            stages.decode_to_stream(model, video, stream, tiles=tiles,
+                                    progress=lambda done, total: progress.count(done))
+        return io.NodeOutput(ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))

@@ -39,3 +39,38 @@ class TextEncode(io.ComfyNode):
         with cm.cancellable(text_encoder):
             encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
         return io.NodeOutput(encoded.to("cpu", torch.float32))
+
+
+class TextEncodeSegments(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FusionFramesTextEncodeSegments",
+            display_name="FusionFrames Text Encode (prompt per segment)",
+            category=CATEGORY,
+            description="One prompt per line, one line per segment of a long video (1.1): line 1 for the keyframes "
+                        "of the T2V Keyframe Sampler, the next lines for the segments Extend Video adds; the Latent "
+                        "Frame Interpolator gives each pair of frames the prompt of its segment.",
+            inputs=[
+                TextEncoderModel.Input("text_encoder"),
+                io.String.Input("prompts", multiline=True,
+                                default="a red car driving through a city, 4k video\n"
+                                        "a red car driving through a forest, 4k video",
+                                tooltip="One prompt per line (empty lines are skipped). A video of S segments needs "
+                                        "S lines, or a single line for all of them."),
+            ],
+            outputs=[Conditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, prompts: str) -> io.NodeOutput:
+        cm.check_widgets(cls, locals())
+        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError("FusionFrames Text Encode (prompt per segment): write at least one prompt (one line "
+                             "per segment).")
+        text_encoder.load()
+        encoder = text_encoder.options["encoder"]
+        with cm.cancellable(text_encoder):
+            encoded = [encoder.encode(line, None).to("cpu", torch.float32) for line in lines]
+        return io.NodeOutput(encoded)

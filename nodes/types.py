@@ -19,10 +19,17 @@ CATEGORY = "FusionFrames"
 LATENT_TAG = "fusionframes"
 
 
-def make_latent(samples: torch.Tensor, release: str | None, fps: float, passes: int = 0) -> dict:
+def make_latent(samples: torch.Tensor, release: str | None, fps: float, passes: int = 0,
+                segments: list[int] | None = None, loop: bool = False) -> dict:
     """A core LATENT dict: ``samples`` is (frames, 4, h, w) on the CPU, plus what later FusionFrames nodes need
-    (the release that made it, its frame rate, how many interpolation passes it has had)."""
+    (the release that made it, its frame rate, how many interpolation passes it has had; for long videos the
+    segment (prompt line) of each frame, -1 for frames from elsewhere; ``loop``: the last frame is a copy of the
+    first, which interpolation fills towards and the decoders drop)."""
     info = {"release": release, "fps": float(fps), "interpolation_passes": passes}
+    if segments is not None:
+        info["segments"] = [int(segment) for segment in segments]
+    if loop:
+        info["loop"] = True
     return {"samples": samples.float().cpu(), LATENT_TAG: info}
 
 
@@ -44,3 +51,18 @@ def latent_frames(latent: dict, what: str) -> torch.Tensor:
     if samples.dim() != 4 or samples.shape[1] != 4:
         raise ValueError(f"{what}: MoVQ latents are (frames, 4, h, w), got {tuple(samples.shape)}.")
     return samples
+
+
+def frame_segments(latent: dict) -> list[int]:
+    """The segment of each frame of a FusionFrames LATENT (all 0 when it has none recorded)."""
+    segments = latent_info(latent).get("segments")
+    count = latent["samples"].shape[0]
+    if not isinstance(segments, list) or len(segments) != count:
+        return [0] * count
+    return segments
+
+
+def playable_frames(latent: dict, what: str) -> torch.Tensor:
+    """The frames of a LATENT as they play: without the copy of the first frame that closes a loop."""
+    frames = latent_frames(latent, what)
+    return frames[:-1] if latent_info(latent).get("loop") and frames.shape[0] > 1 else frames

@@ -153,12 +153,56 @@ def temporal_blocks_side_by_side() -> dict:
     return graph
 
 
+SEGMENT_PROMPTS = ("a red car driving along a coast road, 4k video\n"
+                   "a red car driving through a snowy forest, 4k video\n"
+                   "a red car driving through a city at night, 4k video")
+
+
+def _save_streamed(movq: str, latent: list, prefix: str) -> dict:
+    return {"class_type": "FusionFramesSaveVideo",
+            "inputs": {"movq": link(movq), "latent": latent, "filename_prefix": prefix, "format": "mp4",
+                       "tile_size": 0, "tile_overlap": 32}}
+
+
+def long_video_11() -> dict:
+    """Three segments, a prompt each: the keyframe sampler makes the first (line 1), Extend Video the next two, each
+    from the last keyframe before it; one interpolation over the whole video; decoded into the file clip by clip."""
+    graph = _k11_models()
+    graph["encode"] = {"class_type": "FusionFramesTextEncodeSegments",
+                       "inputs": {"text_encoder": link("text_encoder"), "prompts": SEGMENT_PROMPTS}}
+    graph.update({
+        "sampler": _sampler("1.1"),
+        "extend": {"class_type": "FusionFramesExtendVideo",
+                   "inputs": {"keyframe_model": link("keyframe_model"), "conditioning": link("encode"),
+                              "segments": 2, "keyframes": 0, "seed": 42, "steps": 0, "sampler": "official",
+                              "guidance": 5.0, "image_guidance": 2.0, "motion": "medium", "noise_augmentation": 20,
+                              "latent": link("sampler"), "movq": link("movq")}},
+        "interpolator": _interpolator(link("extend"), 1, conditioning=True),
+        "save": _save_streamed("video_movq", link("interpolator"), "fusionframes/long_video_1_1"),
+    })
+    return graph
+
+
+def seamless_loop_11() -> dict:
+    """Keyframes closed into a loop: the interpolator fills the way from the last keyframe back to the first, and
+    the decoder drops the copy, so the video repeats without a jump."""
+    return {
+        **_k11_models(),
+        "sampler": _sampler("1.1"),
+        "close_loop": {"class_type": "FusionFramesCloseLoop", "inputs": {"keyframes": link("sampler")}},
+        "interpolator": _interpolator(link("close_loop"), 1, conditioning=True),
+        "save": _save_streamed("video_movq", link("interpolator"), "fusionframes/loop_1_1"),
+    }
+
+
 WORKFLOWS = {
     "fusionframes_1_0_text_to_video_medium_fps": t2v_10,
     "fusionframes_1_1_text_to_video": t2v_11,
     "fusionframes_1_1_image_to_video": i2v_11,
     "fusionframes_video_frame_interpolation": video_interpolation,
     "fusionframes_temporal_blocks_side_by_side": temporal_blocks_side_by_side,
+    "fusionframes_1_1_long_video_prompt_per_segment": long_video_11,
+    "fusionframes_1_1_seamless_loop": seamless_loop_11,
 }
 
 

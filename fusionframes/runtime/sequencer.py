@@ -296,7 +296,7 @@ class Sequencer:
         lines = segment_prompts(texts, first + count)
         r = self.request
         for segment in range(first, first + count):
-            stage = Stage("keyframes" if segment == 0 else f"keyframes{segment + 1}", "keyframe", "keyframes")
+            stage = segment_stage(segment)
             with self.models("keyframe") as unet:
                 more = stages.sample_keyframes_11(
                     unet, lines[segment], keyframes[-1], self.noise, num_frames=r.keyframes or self.release.keyframes,
@@ -359,6 +359,11 @@ class Sequencer:
             video, segments = close_loop(video, segments)
         video, segments = self.interpolate_segments(texts, video, segments)
         return open_loop(video, segments) if loop else (video, segments)
+
+
+def segment_stage(segment: int) -> Stage:
+    """The keyframe stage of segment ``segment`` (from 0) of a long video; its role names its noise stream."""
+    return Stage("keyframes" if segment == 0 else f"keyframes{segment + 1}", "keyframe", "keyframes")
 
 
 def segment_prompts(texts: list[TextCondition], segments: int) -> list[TextCondition]:

@@ -67,6 +67,14 @@ def node_graph(name: str) -> tuple[dict, dict[str, str]]:
     graph = copy.deepcopy(json.loads((WORKFLOWS / f"{name}.json").read_text()))
     for key in _nodes(graph, "FusionFramesKeyframeSampler"):
         graph[key]["inputs"].update(width=SIZE, height=SIZE, keyframes=KEYFRAMES)
+    for key in _nodes(graph, "FusionFramesExtendVideo"):
+        graph[key]["inputs"].update(keyframes=KEYFRAMES)
+    for key in _nodes(graph, "FusionFramesSaveVideo"):  # the same decoding, into lossless frames
+        inputs = graph[key]["inputs"]
+        graph[key] = {"class_type": "FusionFramesMoVQDecode",
+                      "inputs": {"movq": inputs["movq"], "latent": inputs["latent"], "clips": "official clips",
+                                 "clip_frames": 5, "tile_size": inputs["tile_size"],
+                                 "tile_overlap": inputs["tile_overlap"]}}
     for key in _nodes(graph, "ImageScale"):
         graph[key]["inputs"].update(width=SIZE, height=SIZE)
     for kind in ("CreateVideo", "SaveVideo", "ImageStitch"):
@@ -95,6 +103,29 @@ def _input(graph: dict, key: str, name: str) -> str:
     return graph[key]["inputs"][name][0]
 
 
+def _upstream(graph: dict, key: str) -> str:
+    """The node that feeds the latent of node ``key``."""
+    inputs = graph[key]["inputs"]
+    return (inputs.get("latent") or inputs["keyframes"])[0]
+
+
+def _prompts(graph: dict, sampler_key: str) -> list[str]:
+    """``--prompt`` options: the sampler's prompt, or one per segment of the video (Extend Video adds segments)."""
+    text = graph[_input(graph, sampler_key, "conditioning")]["inputs"]
+    if "prompt" in text:
+        return ["--prompt", text["prompt"]]
+    lines = [line.strip() for line in text["prompts"].splitlines() if line.strip()]
+    extends = [node["inputs"] for node in graph.values() if node["class_type"] == "FusionFramesExtendVideo"]
+    segments = 1 + sum(extend["segments"] for extend in extends)
+    sampler = graph[sampler_key]["inputs"]
+    for extend in extends:  # the command line has one set of settings for every segment
+        assert all(extend[name] == sampler[name] for name in ("seed", "steps", "sampler", "guidance",
+                                                             "image_guidance", "motion", "noise_augmentation"))
+    lines = lines * segments if len(lines) == 1 else lines
+    assert len(lines) == segments
+    return [option for line in lines for option in ("--prompt", line)]
+
+
 def generate_args(graph: dict, sampler_key: str, base: Path) -> list[str]:
     """``generate`` options with the settings of the keyframe sampler ``sampler_key`` and what feeds it."""
     sampler = graph[sampler_key]["inputs"]
@@ -111,12 +142,14 @@ def generate_args(graph: dict, sampler_key: str, base: Path) -> list[str]:
     interpolators = [node["inputs"] for node in graph.values() if node["class_type"] == "FusionFramesFrameInterpolator"]
     fps = {0: "low", 1: "medium", 2: "high"}[interpolators[0]["passes"] if interpolators else 0]
     args = ["generate", "--models", str(folder), "--text-encoder", str(base / "models" / "text_encoders" / "flan-ul2"),
-            "--prompt", text["prompt"], "--width", str(sampler["width"]), "--height", str(sampler["height"]),
+            *_prompts(graph, sampler_key), "--width", str(sampler["width"]), "--height", str(sampler["height"]),
             "--keyframes", str(sampler["keyframes"]), "--seed", str(sampler["seed"]), "--fps", fps,
             "--guidance", str(sampler["guidance"]), "--first-frame-guidance", str(sampler["first_frame_guidance"]),
             "--image-guidance", str(sampler["image_guidance"]), "--motion", sampler["motion"],
             "--noise-augmentation", str(sampler["noise_augmentation"]), *strengths]
-    if text["negative_prompt"]:
+    if _nodes(graph, "FusionFramesCloseLoop"):
+        args += ["--loop"]
+    if text.get("negative_prompt"):
         args += ["--negative-prompt", text["negative_prompt"]]
     if "image" in sampler:
         args += ["--image", str(base / "input" / graph[sampler["image"][0]]["inputs"]["image"])]
@@ -127,9 +160,9 @@ def generate_args(graph: dict, sampler_key: str, base: Path) -> list[str]:
 
 def _decoded_sampler(graph: dict, decode_key: str) -> str:
     """The keyframe sampler upstream of a decode node (through the interpolator, if any)."""
-    key = _input(graph, decode_key, "latent")
+    key = _upstream(graph, decode_key)
     while graph[key]["class_type"] != "FusionFramesKeyframeSampler":
-        key = _input(graph, key, "latent")
+        key = _upstream(graph, key)
     return key
 
 
