@@ -27,7 +27,8 @@ PACK_NODES = {
     "FusionFramesLoadKeyframeModel", "FusionFramesLoadInterpolationModel", "FusionFramesLoadMoVQ",
     "FusionFramesLoadTextEncoder", "FusionFramesTextEncode", "FusionFramesKeyframeSampler",
     "FusionFramesFrameInterpolator", "FusionFramesMoVQDecode", "FusionFramesMoVQEncode",
-    "FusionFramesTemporalBlockSelector",
+    "FusionFramesTemporalBlockSelector", "FusionFramesTextEncodeSegments", "FusionFramesExtendVideo",
+    "FusionFramesCloseLoop", "FusionFramesSaveVideo",
 }
 SIZE = 64
 KEYFRAMES = 3
@@ -47,6 +48,8 @@ def shrink(graph: dict) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "FusionFramesKeyframeSampler":
             inputs.update(width=SIZE, height=SIZE, keyframes=KEYFRAMES, **steps)
+        elif node["class_type"] == "FusionFramesExtendVideo":
+            inputs.update(keyframes=KEYFRAMES)
         elif node["class_type"] == "FusionFramesFrameInterpolator":
             inputs.update(**steps)
         elif node["class_type"] == "ImageScale":
@@ -88,6 +91,9 @@ def test_shipped_workflows_are_served_as_templates(demo_server):
     ("fusionframes_1_1_image_to_video", 4 * KEYFRAMES - 3, SIZE),
     ("fusionframes_video_frame_interpolation", 4 * 4 - 3, SIZE),
     ("fusionframes_temporal_blocks_side_by_side", KEYFRAMES, 2 * SIZE),
+    # 3 segments, the shared keyframes once: K + 2 (K - 1) keyframes, then one pass
+    ("fusionframes_1_1_long_video_prompt_per_segment", 4 * (3 * KEYFRAMES - 2) - 3, SIZE),
+    ("fusionframes_1_1_seamless_loop", 4 * KEYFRAMES, SIZE),  # the way back interpolated, the first frame once
 ])
 def test_shipped_workflow_writes_the_expected_mp4(demo_server, name, frames, width):
     entry = demo_server.run(shrink(api_workflow(name)), timeout=900)
