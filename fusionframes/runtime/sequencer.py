@@ -292,6 +292,8 @@ class Sequencer:
         if self.release.name != "1.1":
             raise InputError("continuing a video needs release 1.1: its keyframes continue from a given frame "
                              "(1.0's cannot).")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InputError(f"the number of segments to add must be at least 1, got {count!r}.")
         first = max(segments) + 1
         lines = segment_prompts(texts, first + count)
         r = self.request

@@ -216,5 +216,7 @@ def test_continuing_keyframes_checks_its_inputs(pipeline_11):
         run.continue_segments(video, [0, 0], [text], 1)
     with pytest.raises(InputError, match="2 prompts for a video of 3 segments"):
         run.continue_segments(video, [0, 0, 0], [text, text], 2)
+    with pytest.raises(InputError, match="segments to add must be at least 1, got 0"):
+        run.continue_segments(video, [0, 0, 0], [text], 0)
     more, segments = run.continue_segments(video, [-1, -1, -1], [text], 2)  # frames from elsewhere: lines from 0
     assert more.shape[0] == 3 + 2 + 2 and segments == [-1] * 3 + [0, 0, 1, 1]
