@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,14 +65,33 @@ def _write_result(out: str, folder: bool, result) -> str:
     return f"{'frames' if folder else 'video'}: {path}"
 
 
+class _NoFile:
+    """Where ranks other than 0 send the frames of a shared video: rank 0 writes the file."""
+
+    def append(self, frames) -> None:
+        pass
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .runtime import distributed
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise FusionFramesError("give --prompt (one video; repeated: a long video) or --prompts FILE.jsonl (a video "
+                                "per line), not both.")
+    ranks = distributed.from_environment()
+    try:
+        args.device = ranks.device(args.device)
+        return _generate_list(args, ranks) if args.prompts else _generate_one(args, ranks)
+    finally:
+        distributed.finish(ranks)
+
+
+def _request(args: argparse.Namespace):
     from .io.video import load_image
     from .runtime.pipeline import VideoRequest
 
-    folder = _output_is_folder(args.out)
-    text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
-    request = VideoRequest(
-        prompt=args.prompt[0], negative_prompt=args.negative_prompt,
+    return VideoRequest(
+        prompt=args.prompt[0] if args.prompt else "", negative_prompt=args.negative_prompt,
         image=load_image(args.image) if args.image else None,
         last_image=load_image(args.last_image) if args.last_image else None, width=args.width, height=args.height,
         fps=args.fps,
@@ -81,17 +101,60 @@ def cmd_generate(args: argparse.Namespace) -> int:
         noise_augmentation=args.noise_augmentation, keyframes=args.keyframes, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
     )
+
+
+def _pipeline(args: argparse.Namespace, ranks=None):
+    """The models; ``ranks``: the processes that share each video's work (None: this process makes its videos
+    alone)."""
+    text_encoder = args.text_encoder or _default_text_encoder(Path(args.models))
     temporal = {"variant": args.temporal_variant, "conv_strength": args.conv_strength,
                 "attention_strength": args.attention_strength, "levels": args.temporal_levels}
     pipeline = _load_pipeline(args, text_encoder, compile=args.compile, temporal=temporal)
+    if ranks is not None:
+        pipeline.ranks = ranks
+    return pipeline
+
+
+def _generate_list(args: argparse.Namespace, ranks) -> int:
+    """``--prompts FILE.jsonl``: a video per line into the folder ``--out``, the lines shared out over the ranks."""
+    from .runtime.batch import RESULTS, run_batch
+
+    if Path(args.out).suffix.lower() in (".mp4", ".gif", ".webp"):
+        raise FusionFramesError(f"with --prompts, --out is the folder for the videos, got {args.out!r}.")
+    request = _request(args)
+    pipeline = _pipeline(args)  # each rank makes whole videos of its own
     started = time.perf_counter()
+    progress = _progress_printer() if ranks.main else None
+    results = run_batch(pipeline, args.prompts, args.out, request, ranks, progress)
+    if ranks.main:
+        counts = {status: sum(r["status"] == status for r in results) for status in ("done", "skipped", "failed")}
+        print(f"{len(results)} requests on {ranks.world} process(es) in {time.perf_counter() - started:.1f} s: "
+              f"{counts['done']} made, {counts['skipped']} already there, {counts['failed']} failed")
+        for result in results:
+            if result["status"] == "failed":
+                print(f"  line {result['index'] + 1} ({result['out']}): {result['error']}")
+        print(f"results: {Path(args.out) / RESULTS}")
+    return 0
+
+
+def _generate_one(args: argparse.Namespace, ranks) -> int:
+    """One video (over several ranks: its decoded clips, and with --split-guidance its guidance branches, shared
+    out; rank 0 writes it)."""
+    folder = _output_is_folder(args.out)
+    request = _request(args)
+    pipeline = _pipeline(args, replace(ranks, guidance=args.split_guidance))
+    started = time.perf_counter()
+    progress = _progress_printer() if ranks.main else None
 
     def run(stream=None):
         if len(args.prompt) > 1 or args.loop:
-            return pipeline.generate_segments(request, args.prompt, progress=_progress_printer(), loop=args.loop,
+            return pipeline.generate_segments(request, args.prompt, progress=progress, loop=args.loop,
                                               stream=stream)
-        return pipeline.generate(request, progress=_progress_printer(), stream=stream)
+        return pipeline.generate(request, progress=progress, stream=stream)
 
+    if not ranks.main:
+        run(None if folder else _NoFile())
+        return 0
     if folder:
         result = run()
         written = _write_result(args.out, folder, result)
@@ -225,9 +288,17 @@ SKIP_HELP = ("run stages even when their memory estimate exceeds what the device
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", required=True, action="append",
+    parser.add_argument("--prompt", action="append",
                         help="what the video shows; repeated (1.1): a long video of one segment per prompt, each "
                              "continuing from the last keyframe of the one before")
+    parser.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                        help="many videos: one JSON object of settings per line (prompt, seed, fps, image, out, ...; "
+                             "the other options are the defaults); --out is their folder; under torchrun the lines "
+                             "are shared out over the processes; videos that exist are skipped (a killed run resumes)")
+    parser.add_argument("--split-guidance", action="store_true",
+                        help="under torchrun, one video: its guidance branches (1.0: 2, 1.1: 3) on different "
+                             "processes, faster; the frames may differ from one process's in the last bit "
+                             "(without it the processes share the decoding only, and the video is identical)")
     parser.add_argument("--loop", action="store_true",
                         help="1.1: close the video into a seamless loop (interpolated from the last keyframe back to "
                              "the first; needs --fps medium or high)")

@@ -27,6 +27,7 @@ from ..models.text.encoder import TextEncoder
 from ..releases import fps_for, release
 from ..sampling.noise import NoiseSource
 from . import stages
+from .distributed import ONE_PROCESS, Ranks
 from .layout import prefers_channels_last, use_channels_last
 from .out_of_memory import release_cached_memory
 from .placement import Placement
@@ -58,12 +59,14 @@ class VideoPipeline:
     """All models of one release plus the text encoder."""
 
     def __init__(self, release: str, models: dict[str, LoadedModel], text: TextEncoder,
-                 placement: Placement | torch.device | str, offload: bool = False) -> None:
+                 placement: Placement | torch.device | str, offload: bool = False,
+                 ranks: Ranks = ONE_PROCESS) -> None:
         self.release = release
         self.models = models
         self.text = text
         self.placement = placement if isinstance(placement, Placement) else Placement.parse(None, placement)
         self.offload = offload
+        self.ranks = ranks  # several processes (torchrun): guidance branches and decoded clips shared out
 
     @property
     def device(self) -> torch.device:
@@ -157,7 +160,7 @@ class VideoPipeline:
             name = stage.role.replace("_", " ")
             return lambda index, count, *rest: progress(name, index + 1, count)
 
-        return Sequencer(self.release, request, self._stage, noise=noise, report=report)
+        return Sequencer(self.release, request, self._stage, noise=noise, report=report, ranks=self.ranks)
 
     def generate(self, request: VideoRequest, noise: NoiseSource | None = None,
                  progress: Progress | None = None, stream: VideoStream | None = None) -> VideoResult:

@@ -7,8 +7,8 @@ node graph cuts the run into pieces. Settings left at None take the release's of
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,9 +21,11 @@ from ..models.movq.decoding import Tiles
 from ..models.text.condition import TextCondition
 from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release, skip_frames
 from ..sampling.fast import SAMPLERS, make_schedule
+from ..sampling.guidance import BRANCHES
 from ..sampling.loop import OnStep
 from ..sampling.noise import NoiseSource, SeededNoise
 from . import preflight, stages
+from .distributed import ONE_PROCESS, BranchParallel, Ranks
 
 #: the request's settings whose None means "the release's official value" (the same names in ``releases.Release``;
 #: a release without one, e.g. 1.0's motion, keeps None)
@@ -152,12 +154,24 @@ class Sequencer:
     """Runs the stages of one release for one (resolved) request, with its noise and its models."""
 
     def __init__(self, release_name: str, request: VideoRequest, models: ModelAccess, *,
-                 noise: NoiseSource | None = None, report: StepReport | None = None) -> None:
+                 noise: NoiseSource | None = None, report: StepReport | None = None,
+                 ranks: Ranks = ONE_PROCESS) -> None:
         self.release = release(release_name)
         self.request = request.resolved(release_name)
         self.models = models
         self.noise = noise if noise is not None else SeededNoise(self.request.seed)
         self.report = report
+        self.ranks = ranks  # several processes: decoded clips (and, if asked, guidance branches) shared out
+
+    @contextmanager
+    def _network(self, kind: str, sampling: str) -> Iterator[nn.Module]:
+        """The model of ``kind`` for a sampling stage; over several ranks, with its guidance branches on different
+        ranks (the same numbers: every rank draws the same seeded noise and gets every branch's output)."""
+        with self.models(kind) as network:
+            if self.ranks.world == 1 or not self.ranks.guidance:
+                yield network
+            else:
+                yield BranchParallel(network, self.ranks, BRANCHES[(self.release.name, sampling)])
 
     def plan(self, *, keyframes: bool = True, passes: int | None = None, done: int = 0,
              decode: bool = True) -> list[Stage]:
@@ -185,7 +199,7 @@ class Sequencer:
     def first_frame(self, text: TextCondition) -> torch.Tensor:
         """1.1: the first frame in image mode, at twice the video's resolution."""
         stage, r = Stage("first_frame", "keyframe", "first_frame"), self.request
-        with self.models("keyframe") as unet:
+        with self._network("keyframe", "first_frame") as unet:
             # the keyframes that follow use the same model: refuse before the first frame if they cannot fit
             stages.check_size(r.width, r.height)
             count = stages.check_frames(r.keyframes or self.release.keyframes, 2, "the number of 1.1 keyframes")
@@ -218,7 +232,7 @@ class Sequencer:
                   last_frame: torch.Tensor | None = None) -> torch.Tensor:
         """The keyframe latents (N, 4, h, w): 1.0 from the text; 1.1 from the text and the key frame."""
         stage, r = Stage("keyframes", "keyframe", "keyframes"), self.request
-        with self.models("keyframe") as unet:
+        with self._network("keyframe", "keyframes") as unet:
             if self.release.name == "1.0":
                 return stages.sample_keyframes_10(unet, text, r.height, r.width, self.noise, steps=self._steps(stage),
                                                   guidance_scale=r.guidance, num_frames=r.keyframes,
@@ -244,7 +258,7 @@ class Sequencer:
         stage, r = Stage(f"interpolation{pass_number}", "interpolation", "interpolation", pass_number), self.request
         common = dict(guidance_scale=r.interpolation_guidance, skip_frames=skip_frames(pass_number), phase=stage.role,
                       on_step=self._on_step(stage), sampler=r.sampler)
-        with self.models("interpolation") as unet:
+        with self._network("interpolation", "interpolation") as unet:
             if self.release.name == "1.0":
                 return stages.interpolate_10(unet, video, self.noise, steps=self._steps(stage), **common)
             if text is None:
@@ -264,13 +278,14 @@ class Sequencer:
                decoder: str | None = None) -> torch.Tensor:
         """Frames (N, 3, H, W) in [0, 1] on the CPU, decoded by the release's decoder in its official clips."""
         with self.models(decoder or self.release.decoder) as movq:
-            return stages.decode_frames(movq, video, tiles=self.request.tiles(), progress=progress)
+            return stages.decode_frames(movq, video, tiles=self.request.tiles(), progress=progress, ranks=self.ranks)
 
     def decode_to(self, video: torch.Tensor, stream: VideoStream,
                   progress: Callable[[int, int], None] | None = None) -> int:
         """:meth:`decode` into a video file, one clip at a time (bounded memory); returns the frames written."""
         with self.models(self.release.decoder) as movq:
-            return stages.decode_to_stream(movq, video, stream, tiles=self.request.tiles(), progress=progress)
+            return stages.decode_to_stream(movq, video, stream, tiles=self.request.tiles(), progress=progress,
+                                           ranks=self.ranks)
 
     def latents(self, text: TextCondition) -> torch.Tensor:
         """Keyframes and every interpolation pass of the request: the latent video."""
@@ -299,7 +314,7 @@ class Sequencer:
         r = self.request
         for segment in range(first, first + count):
             stage = segment_stage(segment)
-            with self.models("keyframe") as unet:
+            with self._network("keyframe", "keyframes") as unet:
                 more = stages.sample_keyframes_11(
                     unet, lines[segment], keyframes[-1], self.noise, num_frames=r.keyframes or self.release.keyframes,
                     guidance_text=r.guidance, guidance_image=r.image_guidance,

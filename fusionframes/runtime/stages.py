@@ -7,7 +7,7 @@ from one seed and a parity fixture can replay the official noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..sampling.loop import KnownFrames, OnStep, initial_noise, sample
 from ..sampling.noise import NoiseSource
 from ..sampling.schedules import K11Schedule
 from . import preflight
+from .distributed import ONE_PROCESS, Ranks, shared_clips
 from .out_of_memory import explain_out_of_memory
 
 #: larger frames would not fit any device (the official models were trained at 512x512)
@@ -298,22 +299,37 @@ def interpolate_11(
 
 def decode_frames(
     movq: MoVQ, latents: torch.Tensor, *, clip_frames: int | None = None,
-    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
+    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None, ranks: Ranks = ONE_PROCESS,
 ) -> torch.Tensor:
     """Latent video (N, 4, h, w) -> frames (N, 3, H, W) in [0, 1] on the CPU, decoded in the official clips (and in
     spatial ``tiles`` when given). The [-1, 1] -> [0, 1] mapping works in place: a long video's frames are the
-    largest tensor of a run, and out of place the mapping held three of them at once."""
+    largest tensor of a run, and out of place the mapping held three of them at once. Over several ``ranks`` the
+    clips are shared out and the frames come back to rank 0 (the others get no frames)."""
     if latents.dim() == 4:  # other shapes get decode_video's message
         preflight.check([decode_need(movq, latents.shape, clip_frames, tiles)])
-    images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
+    if ranks.world == 1:
+        images = decode_video(movq, latents, clip_frames=clip_frames, progress=progress, tiles=tiles)
+    else:
+        clips = list(_decoded_clips(movq, latents, clip_frames, tiles, ranks))
+        images = torch.cat(clips) if clips else torch.empty(0, 3, *(movq.downscale * s for s in latents.shape[-2:]))
+        if progress is not None:
+            progress(latents.shape[0], latents.shape[0])
     return images.add_(1).div_(2).clamp_(0, 1)
 
 
+def _decoded_clips(movq: MoVQ, latents: torch.Tensor, clip_frames: int | None, tiles: Tiles | None,
+                   ranks: Ranks) -> Iterator[torch.Tensor]:
+    """The decoded clips in order (:func:`decode_clips`); over several ranks, shared out (rank 0 gets them)."""
+    if ranks.world == 1 or latents.dim() != 4:
+        return decode_clips(movq, latents, clip_frames=clip_frames, tiles=tiles)
+    length = official_clip_frames(latents.shape[0]) if clip_frames is None else clip_frames
+    return shared_clips(list(latents.split(length)),
+                        lambda clip: decode_clips(movq, clip, clip_frames=clip.shape[0], tiles=tiles), ranks)
 
 
 def decode_to_stream(
     movq: MoVQ, latents: torch.Tensor, stream: VideoStream, *, clip_frames: int | None = None,
-    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None,
+    progress: Callable[[int, int], None] | None = None, tiles: Tiles | None = None, ranks: Ranks = ONE_PROCESS,
 ) -> int:
     """:func:`decode_frames` into a :class:`~fusionframes.io.video.VideoStream`, clip by clip: host memory holds one
     clip of frames, whatever the video's length. Returns the number of frames written."""
@@ -321,7 +337,7 @@ def decode_to_stream(
         need = decode_need(movq, latents.shape, clip_frames, tiles)
         preflight.check([replace(need, host_bytes=need.host_bytes // latents.shape[0] * need.units)])
     done = 0
-    for decoded in decode_clips(movq, latents, clip_frames=clip_frames, tiles=tiles):
+    for decoded in _decoded_clips(movq, latents, clip_frames, tiles, ranks):
         stream.append(decoded.add_(1).div_(2).clamp_(0, 1))
         done += decoded.shape[0]
         if progress is not None:

@@ -18,6 +18,10 @@ from .schedules import cfg, cfg3
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
+#: guidance branches batched into each U-Net call, by (release, stage): what can run on separate processes
+BRANCHES = {("1.0", "keyframes"): 2, ("1.0", "interpolation"): 2, ("1.1", "first_frame"): 2,
+            ("1.1", "keyframes"): 3, ("1.1", "interpolation"): 2}
+
 
 def _branches(*conditions: TextCondition) -> tuple[torch.Tensor, torch.Tensor]:
     context = torch.cat([c.context for c in conditions])
