@@ -297,8 +297,9 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
                              "are shared out over the processes; videos that exist are skipped (a killed run resumes)")
     parser.add_argument("--split-guidance", action="store_true",
                         help="under torchrun, one video: its guidance branches (1.0: 2, 1.1: 3) on different "
-                             "processes, faster; the frames may differ from one process's in the last bit "
-                             "(without it the processes share the decoding only, and the video is identical)")
+                             "processes, faster; the frames may differ slightly from one process's (kernels for "
+                             "smaller batches; without it the processes share the decoding only, and the video is "
+                             "identical)")
     parser.add_argument("--loop", action="store_true",
                         help="1.1: close the video into a seamless loop (interpolated from the last keyframe back to "
                              "the first; needs --fps medium or high)")
