@@ -78,8 +78,11 @@ def from_environment() -> Ranks:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        # NCCL needs a GPU per process of a node; more processes than GPUs (e.g. 2 on one GPU) go through gloo
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        backend = "nccl" if cuda and torch.cuda.device_count() >= per_node else "gloo"
         # ranks wait for each other at the end of a request list: allow for long videos on the slowest rank
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -148,8 +151,18 @@ class BranchParallel:
         for index in range(self.branches):
             if outputs[index] is None:
                 outputs[index] = torch.empty(shape, dtype=dtype, device=args[0].device)
-            torch.distributed.broadcast(outputs[index], src=index % self.ranks.world)
+            _broadcast(outputs[index], index % self.ranks.world)
         return torch.cat(outputs)
+
+
+def _broadcast(tensor: torch.Tensor, source: int) -> None:
+    """Broadcast in place; through host memory when the group is gloo and the tensor is on a GPU."""
+    if tensor.is_cuda and torch.distributed.get_backend() == "gloo":
+        host = tensor.cpu()
+        torch.distributed.broadcast(host, src=source)
+        tensor.copy_(host)
+    else:
+        torch.distributed.broadcast(tensor, src=source)
 
 
 def _agree_on_output(template: torch.Tensor | None, ranks: Ranks) -> tuple[tuple[int, ...], torch.dtype]:

@@ -67,34 +67,47 @@ def _forward(case: Case, call: Callable[[torch.nn.Module, dict], torch.Tensor]) 
     return [_compare("forward", [("out", out, case.tensors["out"])], *_tol(case))]
 
 
-def check_k10_keyframe_forward(case: Case) -> list[Comparison]:
-    return _forward(case, lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"], t["positions"],
-                                         num_frames=_frames_of(m, t)))
-
-
 def _frames_of(model: torch.nn.Module, t: dict) -> int:
     if "num_frames" in t:
         return int(t["num_frames"])
     return int(model.config.num_frames)
 
 
+#: how each U-Net forward case calls its model on the recorded inputs
+FORWARD_CALLS: dict[str, Callable[[torch.nn.Module, dict], torch.Tensor]] = {
+    "k10_keyframe_unet_forward": lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"], t["positions"],
+                                                num_frames=_frames_of(m, t)),
+    "k10_interpolation_unet_forward": lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"],
+                                                     t["skip_frames"], int(t["num_groups"])),
+    "k11_keyframe_unet_forward_video": lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"],
+                                                      t["positions"], int(t["num_frames"]), t["noise_aug_time"],
+                                                      t["motion_score"]),
+    "k11_keyframe_unet_forward_image": lambda m, t: m.forward_image(t["x"], t["time"], t["context"],
+                                                                    t["context_mask"]),
+    "k11_interpolation_unet_forward": lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"],
+                                                     t["skip_frames"], int(t["num_groups"]), t["perturbation_time"],
+                                                     t["temporal_mask"]),
+}
+
+
+def check_k10_keyframe_forward(case: Case) -> list[Comparison]:
+    return _forward(case, FORWARD_CALLS["k10_keyframe_unet_forward"])
+
+
 def check_k10_interpolation_forward(case: Case) -> list[Comparison]:
-    return _forward(case, lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"], t["skip_frames"],
-                                         int(t["num_groups"])))
+    return _forward(case, FORWARD_CALLS["k10_interpolation_unet_forward"])
 
 
 def check_k11_keyframe_forward_video(case: Case) -> list[Comparison]:
-    return _forward(case, lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"], t["positions"],
-                                         int(t["num_frames"]), t["noise_aug_time"], t["motion_score"]))
+    return _forward(case, FORWARD_CALLS["k11_keyframe_unet_forward_video"])
 
 
 def check_k11_keyframe_forward_image(case: Case) -> list[Comparison]:
-    return _forward(case, lambda m, t: m.forward_image(t["x"], t["time"], t["context"], t["context_mask"]))
+    return _forward(case, FORWARD_CALLS["k11_keyframe_unet_forward_image"])
 
 
 def check_k11_interpolation_forward(case: Case) -> list[Comparison]:
-    return _forward(case, lambda m, t: m(t["x"], t["time"], t["context"], t["context_mask"], t["skip_frames"],
-                                         int(t["num_groups"]), t["perturbation_time"], t["temporal_mask"]))
+    return _forward(case, FORWARD_CALLS["k11_interpolation_unet_forward"])
 
 
 def check_movq_roundtrip(case: Case) -> list[Comparison]:
