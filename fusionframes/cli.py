@@ -99,7 +99,7 @@ def _request(args: argparse.Namespace):
         first_frame_guidance=args.first_frame_guidance, image_guidance=args.image_guidance,
         interpolation_guidance=args.interpolation_guidance, motion=args.motion,
         noise_augmentation=args.noise_augmentation, keyframes=args.keyframes, tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
+        tile_overlap=args.tile_overlap, step_cache=args.step_cache,
     )
 
 
@@ -358,6 +358,9 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
                         help="decode in spatial tiles of this many pixels (0: whole frames; frames that do not fit "
                              "are tiled automatically)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
+    parser.add_argument("--step-cache", type=int, default=0, metavar="N",
+                        help="not official: the U-Nets compute their deep features every N steps and reuse them in "
+                             "between (fewer full passes, a small error: see the README); 0 = off")
     parser.add_argument("--out", required=True,
                         help="output video (.mp4, .gif or .webp), or a folder ending in '/' for lossless PNG frames "
                              "(frame_00000.png, ...)")

@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..io.video import VideoStream
 from ..models.movq.decoding import Tiles
 from ..models.text.condition import TextCondition
+from ..models.unet.step_cache import step_cache
 from ..releases import FPS_PASSES, LATENT_SCALE, MOTION_SCORES, Release, release, skip_frames
 from ..sampling.fast import SAMPLERS, make_schedule
 from ..sampling.guidance import BRANCHES
@@ -60,6 +61,7 @@ class VideoRequest:
     keyframes: int | None = None
     tile_size: int = 0  # decode in spatial tiles of this many pixels (0: whole frames)
     tile_overlap: int = 32
+    step_cache: int = 0  # reuse the U-Nets' deep features for this many steps (0: off, official)
 
     def tiles(self) -> Tiles | None:
         return Tiles.from_pixels(self.tile_size, self.tile_overlap, LATENT_SCALE)
@@ -86,6 +88,8 @@ class VideoRequest:
         if self.last_image is not None and not official.image_to_video:
             raise InputError("a last frame needs the 1.1 models (their keyframes are conditioned on frames); 1.0 "
                              "generates from text only.")
+        if isinstance(self.step_cache, bool) or not isinstance(self.step_cache, int) or self.step_cache < 0:
+            raise InputError(f"step_cache must be a whole number >= 0 (0: off), got {self.step_cache!r}.")
         if not isinstance(self.prompt, str):
             raise InputError(f"the prompt must be text, got {type(self.prompt).__name__}.")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
@@ -165,9 +169,13 @@ class Sequencer:
 
     @contextmanager
     def _network(self, kind: str, sampling: str) -> Iterator[nn.Module]:
-        """The model of ``kind`` for a sampling stage; over several ranks, with its guidance branches on different
-        ranks (the same numbers: every rank draws the same seeded noise and gets every branch's output)."""
-        with self.models(kind) as network:
+        """The model of ``kind`` for one sampling run, with the request's step cache; over several ranks with split
+        guidance, its guidance branches on different ranks (every rank draws the same seeded noise and gets every
+        branch's output)."""
+        if self.ranks.world > 1 and self.ranks.guidance and self.request.step_cache > 1:
+            raise InputError("the step cache and split guidance branches cannot be combined (a rank computing two "
+                             "branches would reuse one branch's features for the other).")
+        with self.models(kind) as network, step_cache(network, self.request.step_cache):
             if self.ranks.world == 1 or not self.ranks.guidance:
                 yield network
             else:

@@ -49,6 +49,7 @@ _CATEGORIES = {
     "cudnn_convolution": "conv",
     "convolution_overrideable": "conv",
     "_slow_conv2d_forward": "conv",
+    "mkldnn_convolution": "conv",
     "mm": "matmul",
     "addmm": "matmul",
     "_scaled_mm": "matmul",
@@ -92,11 +93,19 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _mkldnn_convolution_flops(input_shape, weight_shape, bias_shape, padding, stride, dilation, groups, *args,
+                              out_shape=None, **kwargs) -> int:
+    """``aten.mkldnn_convolution`` (the CPU temporal convolutions call it directly; not in torch's table)."""
+    return conv_flops(input_shape, weight_shape, stride, padding, dilation)
+
+
 def _custom_mapping() -> dict[Any, Callable[..., int]]:
     mapping: dict[Any, Callable[..., int]] = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        mapping[op] = _cpu_flash_attention_flops
+    for name, count in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_flash_attention_flops),
+                        ("mkldnn_convolution", _mkldnn_convolution_flops)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = count
     return mapping
 
 

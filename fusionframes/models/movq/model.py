@@ -23,6 +23,7 @@ from torch import nn
 from ...errors import ConfigError, InputError
 from ..configs import MoVQConfig
 from ..interrupt import interruption_point
+from ..layers import conv3d
 
 NORM_GROUPS = 32  # hard-coded by the official ``Normalize``
 NORM_EPS = 1e-6
@@ -140,7 +141,7 @@ class ResnetBlock(nn.Module):
 
     @staticmethod
     def _blend_time(h: torch.Tensor, conv: nn.Conv3d, merge: torch.Tensor, num_frames: int) -> torch.Tensor:
-        mixed = _frames(conv(_clips(h, num_frames)))
+        mixed = _frames(conv3d(conv, _clips(h, num_frames)))
         if torch.is_grad_enabled():
             return (1 - merge) * h + merge * mixed
         return h.mul_(1 - merge).add_(mixed.mul_(merge))  # the same products and sum, in the fresh tensors

@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import Attention, ConditionalGroupNorm, TemporalAttention, feed_forward
+from ..layers import Attention, ConditionalGroupNorm, TemporalAttention, conv3d, feed_forward
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fold_frames(x: torch.Tensor) -> torch.Tensor:
 
 
 def temporal_conv(conv: nn.Conv3d, x: torch.Tensor, frames: int) -> torch.Tensor:
-    return fold_frames(conv(unfold_frames(x, frames)))
+    return fold_frames(conv3d(conv, unfold_frames(x, frames)))
 
 
 class TemporalLayer(nn.Module):

@@ -14,6 +14,7 @@ from ..interrupt import interruption_point
 from ..temporal.designs import TemporalDesign
 from ..temporal.layers import TemporalState
 from .blocks import DownSampleBlock, LevelSettings, UpSampleBlock
+from .step_cache import StepCache
 
 
 class KandinskyUNet(nn.Module):
@@ -21,6 +22,7 @@ class KandinskyUNet(nn.Module):
 
     config: UNetConfig
     design: TemporalDesign
+    step_cache: StepCache | None = None  # set by ``step_cache.step_cache`` around a sampling run
 
     def _build_levels(self, config: UNetConfig, design: TemporalDesign) -> None:
         dims = config.hidden_dims
@@ -61,18 +63,33 @@ class KandinskyUNet(nn.Module):
         mask: torch.Tensor | None,
         state: TemporalState | None,
     ) -> torch.Tensor:
+        cache = self.step_cache
+        if cache is None or len(self.down_samples) < 2:
+            return self.out_layer(self._levels(x, 0, time_embed, context, mask, state))
+        interruption_point()
+        top = self.down_samples[0](x, time_embed, context, mask, state)
+        if cache.fresh((tuple(x.shape), x.dtype, state is None)):
+            cache.deep = self._levels(top, 1, time_embed, context, mask, state)
+        interruption_point()
+        x = torch.cat([cache.deep, top], dim=1)
+        return self.out_layer(self.up_samples[-1](x, time_embed, context, mask, state))
+
+    def _levels(self, x: torch.Tensor, outer: int, time_embed: torch.Tensor, context: torch.Tensor | None,
+                mask: torch.Tensor | None, state: TemporalState | None) -> torch.Tensor:
+        """The levels from ``outer`` down and back up (0: the whole U-Net before its out layer; 1: everything
+        inside the outermost level, whose output the step cache keeps)."""
         skips = []
-        for level, down in enumerate(self.down_samples):
+        for level, down in enumerate(self.down_samples[outer:], start=outer):
             interruption_point()
             x = down(x, time_embed, context, mask, state)
             if level != len(self.down_samples) - 1:
                 skips.append(x)
-        for step, up in enumerate(self.up_samples):
+        for step, up in enumerate(self.up_samples[:len(self.up_samples) - outer]):
             interruption_point()
             if step != 0:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = up(x, time_embed, context, mask, state)
-        return self.out_layer(x)
+        return x
 
     @property
     def dtype(self) -> torch.dtype:
