@@ -61,9 +61,10 @@ VIDEO=(generate --models "$WORK/demo/k11" --text-encoder "$WORK/demo/text_encode
        --width 64 --height 64 --keyframes 4 --sampler ddim --steps 2 --fps medium --seed 5 --device "$DEVICE")
 {   # one process, two, two with the guidance branches split (timeout runs commands, not functions)
     printf '%q ' "$PY" -m fusionframes "${VIDEO[@]}" --out "$WORK/one/"; printf '&& '
-    printf '%q ' "$PY" -m torch.distributed.run --nproc-per-node 2 -m fusionframes "${VIDEO[@]}" --out "$WORK/two/"
+    printf '%q ' "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m fusionframes "${VIDEO[@]}" \
+        --out "$WORK/two/"
     printf '&& '
-    printf '%q ' "$PY" -m torch.distributed.run --nproc-per-node 2 -m fusionframes "${VIDEO[@]}" --split-guidance \
+    printf '%q ' "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m fusionframes "${VIDEO[@]}" --split-guidance \
         --out "$WORK/split/"
 } > "$WORK/torchrun.sh"
 step torchrun "${LIMITS[3]}" bash "$WORK/torchrun.sh"

@@ -31,8 +31,9 @@ REQUESTS = [
 
 
 def _command(*args: str, ranks: int = 1) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)] if ranks > 1 else \
-        [sys.executable]
+    launcher = [sys.executable]
+    if ranks > 1:  # --standalone: a free port of its own on localhost
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     return [*launcher, "-m", "fusionframes", *args]
 
 
