@@ -10,6 +10,7 @@ from .frame_interpolator import FrameInterpolator
 from .keyframe_sampler import KeyframeSampler
 from .loaders import LoadInterpolationModel, LoadKeyframeModel, LoadMoVQ, LoadTextEncoder
 from .movq_codec import MoVQDecode, MoVQEncode, SaveVideoStreamed
+from .native_nodes import NATIVE_NODES
 from .temporal_block_selector import TemporalBlockSelector
 from .text_encode import TextEncode, TextEncodeSegments
 
@@ -28,6 +29,7 @@ NODES: list[type[io.ComfyNode]] = [
     SaveVideoStreamed,
     MoVQEncode,
     TemporalBlockSelector,
+    *NATIVE_NODES,
 ]
 
 

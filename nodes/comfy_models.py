@@ -24,6 +24,7 @@ from ..fusionframes.runtime import preflight
 from ..fusionframes.runtime.out_of_memory import release_host_memory
 
 FOLDER = "fusionframes"
+UNET_KINDS = ("keyframe", "interpolation")
 TEXT_FOLDER = "text_encoders"
 
 
@@ -124,9 +125,13 @@ class ManagedModel:
 
 
 def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = False) -> ManagedModel:
+    """``model`` under the memory manager; the U-Nets as core models (their patcher is also the MODEL the loaders
+    give, so LoRA and other model patches of a clone apply to it)."""
+    from .comfy_native import FusionFramesModel
+
     load_device = mm.text_encoder_device() if text else mm.get_torch_device()
     offload_device = mm.text_encoder_offload_device() if text else mm.unet_offload_device()
-    holder = PatchableModule(model)
+    holder = FusionFramesModel(model, release, kind) if kind in UNET_KINDS else PatchableModule(model)
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
     return ManagedModel(patcher, release, kind, name)
 

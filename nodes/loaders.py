@@ -55,13 +55,17 @@ class _UNetLoader(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(MODEL_DTYPE_CHOICES), default="auto",
                                tooltip=DTYPE_TOOLTIP),
             ],
-            outputs=[cls.OUTPUT.Output(display_name=f"{cls.KIND}_model")],
+            outputs=[cls.OUTPUT.Output(display_name=f"{cls.KIND}_model"),
+                     io.Model.Output(display_name="model",
+                                     tooltip="The same U-Net as a core MODEL: for KSampler, SamplerCustomAdvanced, "
+                                             "LoRA loaders and other model patches (see 'Using the core samplers').")],
         )
 
     @classmethod
     def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
         cm.check_widgets(cls, locals(), files=("ckpt_name",))
-        return io.NodeOutput(_load(ckpt_name, cls.KIND, weight_dtype))
+        managed = _load(ckpt_name, cls.KIND, weight_dtype)
+        return io.NodeOutput(managed, managed.patcher.clone())
 
 
 class LoadKeyframeModel(_UNetLoader):

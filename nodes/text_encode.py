@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from comfy_api.latest import io
 
 from ..fusionframes.runtime.sequencer import negative_prompt as negative_prompt_rule
 from . import comfy_models as cm
+from .comfy_native import text_conditioning
 from .types import CATEGORY, Conditioning, TextEncoderModel
 
 
@@ -28,7 +31,13 @@ class TextEncode(io.ComfyNode):
                                         "(the null context, the official default). 1.1 ignores negative prompts, "
                                         "as the official pipeline does."),
             ],
-            outputs=[Conditioning.Output(display_name="conditioning")],
+            outputs=[Conditioning.Output(display_name="conditioning"),
+                     io.Conditioning.Output(display_name="positive",
+                                            tooltip="The prompt as a core CONDITIONING (context and mask), for the "
+                                                    "core samplers and guiders."),
+                     io.Conditioning.Output(display_name="negative",
+                                            tooltip="The unconditional branch as a core CONDITIONING: the model's "
+                                                    "null context, or 1.0's negative prompt.")],
         )
 
     @classmethod
@@ -38,7 +47,10 @@ class TextEncode(io.ComfyNode):
         encoder = text_encoder.options["encoder"]
         with cm.cancellable(text_encoder):
             encoded = encoder.encode(prompt, negative_prompt_rule(text_encoder.release, negative_prompt))
-        return io.NodeOutput(encoded.to("cpu", torch.float32))
+        encoded = encoded.to("cpu", torch.float32)
+        negative = text_conditioning(encoded, null=True) if encoded.negative is None else \
+            text_conditioning(replace(encoded.negative, release=encoded.release))
+        return io.NodeOutput(encoded, text_conditioning(encoded), negative)
 
 
 class TextEncodeSegments(io.ComfyNode):

@@ -38,7 +38,8 @@ def latent_info(latent: dict) -> dict:
 
 
 def latent_frames(latent: dict, what: str) -> torch.Tensor:
-    """The (frames, 4, h, w) samples of a FusionFrames LATENT, or a clear error for latents of other models."""
+    """The (frames, 4, h, w) samples of a FusionFrames LATENT (ours, or a core video latent a core sampler made from
+    ours), or a clear error for latents of other models."""
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError(f"{what}: expected a LATENT.")
     samples = latent["samples"]
@@ -48,15 +49,18 @@ def latent_frames(latent: dict, what: str) -> torch.Tensor:
             "other model families (SD, SDXL, video models) are not MoVQ latents. Use 'MoVQ Encode' on images, or "
             "the T2V Keyframe Sampler."
         )
+    if samples.dim() == 5 and samples.shape[0] == 1 and samples.shape[1] == 4:  # a core video latent [1, 4, T, h, w]
+        return samples[0].transpose(0, 1)
     if samples.dim() != 4 or samples.shape[1] != 4:
-        raise ValueError(f"{what}: MoVQ latents are (frames, 4, h, w), got {tuple(samples.shape)}.")
+        raise ValueError(f"{what}: MoVQ latents are (frames, 4, h, w), or [1, 4, frames, h, w] as core video latents; "
+                         f"got {tuple(samples.shape)}.")
     return samples
 
 
 def frame_segments(latent: dict) -> list[int]:
     """The segment of each frame of a FusionFrames LATENT (all 0 when it has none recorded)."""
     segments = latent_info(latent).get("segments")
-    count = latent["samples"].shape[0]
+    count = latent_frames(latent, "segments").shape[0]
     if not isinstance(segments, list) or len(segments) != count:
         return [0] * count
     return segments

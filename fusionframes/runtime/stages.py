@@ -224,6 +224,16 @@ def first_frame_to_key_frame(movq: MoVQ, first_frame: torch.Tensor, width: int, 
     return encode_image(movq, image, width, height)
 
 
+def keyframe_draws_11(key_frame: torch.Tensor, noise: NoiseSource, phase: str, num_frames: int,
+                      noise_augmentation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two draws of a 1.1 keyframe stream, in the official order: the starting noise (frames, 4, h, w) and
+    the key frame noise-augmented with uniform noise at level ``noise_augmentation`` of the training schedule."""
+    x_init = initial_noise(noise, phase, (num_frames, *key_frame.shape))
+    augmentation = noise.uniform(phase, "noise_aug", tuple(key_frame.shape))
+    training = K11Schedule(official_steps("1.1", "keyframes"), spacing="leading", prediction="epsilon")
+    return x_init, training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
+
+
 def sample_keyframes_11(
     unet: KeyframeUNet11,
     text: TextCondition,
@@ -255,11 +265,8 @@ def sample_keyframes_11(
             not low <= noise_augmentation <= high:
         raise InputError(f"noise augmentation must be an integer in [{low}, {high}], got {noise_augmentation!r}.")
     schedule = make_schedule("1.1", "keyframes", sampler, steps)
-    training = K11Schedule(official_steps("1.1", "keyframes"), spacing="leading", prediction="epsilon")
     shape = (num_frames, *key_frame.shape)
-    x_init = initial_noise(noise, phase, shape)
-    augmentation = noise.uniform(phase, "noise_aug", tuple(key_frame.shape))
-    augmented = training.add_noise(key_frame.float().cpu(), augmentation, noise_augmentation)
+    x_init, augmented = keyframe_draws_11(key_frame, noise, phase, num_frames, noise_augmentation)
     denoise = guidance.keyframes_11(unet, text, augmented, num_frames, guidance_text, guidance_image,
                                     noise_augmentation, motion_score)
     known = None
