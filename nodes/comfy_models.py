@@ -22,6 +22,7 @@ from torch import nn
 from ..fusionframes.models.interrupt import interruptible
 from ..fusionframes.runtime import preflight
 from ..fusionframes.runtime.out_of_memory import release_host_memory
+from .previews import preview
 
 FOLDER = "fusionframes"
 UNET_KINDS = ("keyframe", "interpolation")
@@ -164,9 +165,11 @@ class StepProgress:
         offset = self.offset
         self.offset += steps
 
-        def on_step(index: int, total: int, *rest: Any) -> None:
+        def on_step(index: int, total: int, t: Any = None, before: Any = None, prediction: Any = None,
+                    state: torch.Tensor | None = None) -> None:
             mm.throw_exception_if_processing_interrupted()
-            self.bar.update_absolute(offset + index + 1)
+            shown = None if state is None else preview(state)
+            self.bar.update_absolute(offset + index + 1, preview=shown)
 
         return on_step
 

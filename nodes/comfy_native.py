@@ -383,3 +383,18 @@ class OfficialSampler(comfy.samplers.Sampler):
         samples = native.sample_official(model.release, stage, denoise, x, sigmas.cpu(), model_time, step_noise,
                                          on_step)
         return sampling.inverse_noise_scaling(sigmas[-1], samples)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# VIDEO
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def core_video(images: torch.Tensor, fps: float) -> Any:
+    """IMAGE frames ``[N, H, W, 3]`` and their rate as the core VIDEO type (``comfy_api``'s video from components)."""
+    from fractions import Fraction
+
+    from comfy_api.latest import InputImpl, Types
+
+    rate = Fraction(float(fps)).limit_denominator(1001)
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=rate))

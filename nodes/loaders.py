@@ -12,6 +12,7 @@ from ..fusionframes.models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES
 from ..fusionframes.models.text.encoder import TextEncoder
 from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
 from . import comfy_models as cm
+from .previews import remember as remember_colours
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
 
 FP8 = "fp8_e4m3fn"
@@ -108,7 +109,10 @@ class LoadMoVQ(io.ComfyNode):
         if info.kind not in ("movq", "video_movq"):
             raise ValueError(f"{ckpt_name} is not a MoVQ checkpoint (it holds a {info.kind}); choose movq.pt or "
                              "video_movq.pt.")
-        return io.NodeOutput(_load(ckpt_name, info.kind, weight_dtype))
+        managed = _load(ckpt_name, info.kind, weight_dtype)
+        if info.kind == "movq":  # the colours of the live previews
+            remember_colours(managed.module, cm.checkpoint_path(ckpt_name))
+        return io.NodeOutput(managed)
 
 
 class LoadTextEncoder(io.ComfyNode):

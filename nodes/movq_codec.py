@@ -11,6 +11,7 @@ from ..fusionframes.models.movq.decoding import Tiles, official_clip_frames
 from ..fusionframes.releases import KEYFRAME_FPS, LATENT_SCALE
 from ..fusionframes.runtime import stages
 from . import comfy_models as cm
+from .comfy_native import core_video
 from .types import CATEGORY, MoVQModel, latent_info, make_latent, playable_frames
 
 DECODE_MODES = ["official clips", "one clip per frame", "custom clip length"]
@@ -44,7 +45,9 @@ class MoVQDecode(io.ComfyNode):
             outputs=[io.Image.Output(display_name="images"),
                      io.Float.Output(display_name="fps", tooltip="Playback rate carried by the latent: keyframes 2, "
                                                                  "x4 per interpolation pass (8, 32); for encoded "
-                                                                 "videos the source rate x4 per pass.")],
+                                                                 "videos the source rate x4 per pass."),
+                     io.Video.Output(display_name="video",
+                                     tooltip="The frames with their frame rate as a core VIDEO (for Save Video).")],
         )
 
     @classmethod
@@ -64,7 +67,8 @@ class MoVQDecode(io.ComfyNode):
             frames = stages.decode_frames(model, video, clip_frames=length, tiles=tiles,
                                           progress=lambda done, total: progress.count(done))
         fps = latent_info(latent).get("fps", KEYFRAME_FPS)
-        return io.NodeOutput(frames.permute(0, 2, 3, 1).contiguous(), fps)
+        images = frames.permute(0, 2, 3, 1).contiguous()
+        return io.NodeOutput(images, fps, core_video(images, fps))
 
 
 class MoVQEncode(io.ComfyNode):

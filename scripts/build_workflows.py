@@ -195,6 +195,94 @@ def seamless_loop_11() -> dict:
     }
 
 
+def _official_pass(model: str, guider: dict, stage: str, latent: list) -> dict:
+    """One stage sampled by SamplerCustomAdvanced with the official pieces (names prefixed by ``stage``)."""
+    return {
+        f"{stage}_guider": guider,
+        f"{stage}_sigmas": {"class_type": "FusionFramesOfficialSigmas",
+                            "inputs": {"model": link(model, 1), "stage": stage, "steps": 0}},
+        f"{stage}_sample": {"class_type": "SamplerCustomAdvanced",
+                            "inputs": {"noise": link("noise"), "guider": link(f"{stage}_guider"),
+                                       "sampler": link("official_sampler"), "sigmas": link(f"{stage}_sigmas"),
+                                       "latent_image": latent}},
+    }
+
+
+def native_t2v_11() -> dict:
+    """1.1 text-to-video from core sampling nodes: each stage is SamplerCustomAdvanced with the official sampler,
+    sigmas and seeded noise; the guiders are the core CFGGuider and DualCFGGuider (the official three-way
+    guidance); the decoder's VIDEO goes straight into the core Save Video."""
+    return {
+        **_k11_models(),
+        "noise": {"class_type": "FusionFramesSeededNoise", "inputs": {"noise_seed": 42}},
+        "official_sampler": {"class_type": "FusionFramesOfficialSampler", "inputs": {}},
+        "empty_first_frame": {"class_type": "FusionFramesEmptyFirstFrame", "inputs": {"width": 512, "height": 512}},
+        **_official_pass("keyframe_model", {"class_type": "CFGGuider",
+                                            "inputs": {"model": link("keyframe_model", 1),
+                                                       "positive": link("encode", 1), "negative": link("encode", 2),
+                                                       "cfg": 6.0}},
+                         "first_frame", link("empty_first_frame")),
+        "keyframe_conditioning": {"class_type": "FusionFramesKeyframeConditioning",
+                                  "inputs": {"model": link("keyframe_model", 1), "positive": link("encode", 1),
+                                             "width": 512, "height": 512, "keyframes": 0, "movq": link("movq"),
+                                             "first_frame": link("first_frame_sample"), "motion": "medium",
+                                             "noise_augmentation": 20}},
+        **_official_pass("keyframe_model", {"class_type": "DualCFGGuider",
+                                            "inputs": {"model": link("keyframe_model", 1),
+                                                       "cond1": link("keyframe_conditioning", 0),
+                                                       "cond2": link("keyframe_conditioning", 1),
+                                                       "negative": link("keyframe_conditioning", 2),
+                                                       "cfg_conds": 5.0, "cfg_cond2_negative": 2.0,
+                                                       "style": "regular"}},
+                         "keyframes", link("keyframe_conditioning", 3)),
+        "interpolation_conditioning": {"class_type": "FusionFramesInterpolationConditioning",
+                                       "inputs": {"model": link("interpolation_model", 1),
+                                                  "keyframes": link("keyframes_sample"), "pass_number": 1,
+                                                  "positive": link("encode", 1)}},
+        **_official_pass("interpolation_model", {"class_type": "CFGGuider",
+                                                 "inputs": {"model": link("interpolation_model", 1),
+                                                            "positive": link("interpolation_conditioning", 0),
+                                                            "negative": link("interpolation_conditioning", 1),
+                                                            "cfg": 1.5}},
+                         "interpolation", link("interpolation_conditioning", 2)),
+        "interleave": {"class_type": "FusionFramesInterleaveFrames",
+                       "inputs": {"keyframes": link("keyframes_sample"), "in_between": link("interpolation_sample")}},
+        "decode": _decode("video_movq", link("interleave")),
+        "save": {"class_type": "SaveVideo", "inputs": {"video": link("decode", 2),
+                                                       "filename_prefix": "fusionframes/native_t2v_1_1",
+                                                       "format": "mp4", "codec": "h264"}},
+    }
+
+
+def ksampler_i2v_11() -> dict:
+    """1.1 image-to-video with the core KSampler and a core sampler/scheduler (not the official sampler: fewer steps,
+    two-way guidance between prompt + image and neither)."""
+    graph = native_t2v_11()
+    for name in list(graph):
+        if name.startswith(("first_frame", "keyframes_", "interpolation_guider", "interpolation_sigmas",
+                            "interpolation_sample")) or name in ("noise", "official_sampler", "empty_first_frame"):
+            del graph[name]
+    graph["image"] = {"class_type": "LoadImage", "inputs": {"image": "fusionframes_first_frame.png"}}
+    inputs = graph["keyframe_conditioning"]["inputs"]
+    del inputs["first_frame"]
+    inputs["image"] = link("image")
+    graph["keyframes_sample"] = {"class_type": "KSampler",
+                                 "inputs": {"model": link("keyframe_model", 1), "seed": 42, "steps": 20, "cfg": 5.0,
+                                            "sampler_name": "dpmpp_2m", "scheduler": "karras",
+                                            "positive": link("keyframe_conditioning", 0),
+                                            "negative": link("keyframe_conditioning", 2),
+                                            "latent_image": link("keyframe_conditioning", 3), "denoise": 1.0}}
+    graph["interpolation_sample"] = {"class_type": "KSampler",
+                                     "inputs": {"model": link("interpolation_model", 1), "seed": 42, "steps": 10,
+                                                "cfg": 1.5, "sampler_name": "euler", "scheduler": "normal",
+                                                "positive": link("interpolation_conditioning", 0),
+                                                "negative": link("interpolation_conditioning", 1),
+                                                "latent_image": link("interpolation_conditioning", 2),
+                                                "denoise": 1.0}}
+    graph["save"]["inputs"]["filename_prefix"] = "fusionframes/ksampler_i2v_1_1"
+    return graph
+
+
 WORKFLOWS = {
     "fusionframes_1_0_text_to_video_medium_fps": t2v_10,
     "fusionframes_1_1_text_to_video": t2v_11,
@@ -203,6 +291,8 @@ WORKFLOWS = {
     "fusionframes_temporal_blocks_side_by_side": temporal_blocks_side_by_side,
     "fusionframes_1_1_long_video_prompt_per_segment": long_video_11,
     "fusionframes_1_1_seamless_loop": seamless_loop_11,
+    "fusionframes_1_1_native_core_sampling": native_t2v_11,
+    "fusionframes_1_1_ksampler_image_to_video": ksampler_i2v_11,
 }
 
 

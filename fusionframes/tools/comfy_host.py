@@ -373,6 +373,10 @@ class ComfyServer:
             raise ComfyError(f"prompt failed: {execution_error(entry)}\n{self.log_tail(40)}")
         return entry
 
+    def messages(self, timeout: float = 30) -> WebSocketMessages:
+        """The server's websocket for this client (``client_id``): what the canvas receives (progress, previews)."""
+        return WebSocketMessages(self.port, self.client_id, timeout)
+
     def interrupt(self, prompt_id: str | None = None) -> int:
         """POST /interrupt (global, or only that prompt when it is the running one); the HTTP status."""
         status, _ = self.post("/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
@@ -434,3 +438,71 @@ def output_items(entry: dict[str, Any], node_id: str | None = None, key: str = "
     outputs = entry.get("outputs", {})
     nodes = [outputs.get(node_id, {})] if node_id is not None else list(outputs.values())
     return [item for node in nodes for item in node.get(key, [])]
+
+
+class WebSocketMessages:
+    """A minimal websocket client (RFC 6455, client side, no extensions) for ComfyUI's ``/ws``: text messages come
+    back as their JSON, binary ones (previews) as ``(event type, bytes)``. Standard library only."""
+
+    def __init__(self, port: int, client_id: str, timeout: float = 30) -> None:
+        import base64
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET /ws?clientId={urllib.parse.quote(client_id)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(request.encode())
+        header = b""
+        while b"\r\n\r\n" not in header:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ComfyError("the websocket closed during the handshake")
+            header += chunk
+        if b" 101 " not in header.split(b"\r\n", 1)[0]:
+            raise ComfyError(f"websocket handshake refused: {header[:200]!r}")
+
+    def _exactly(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ComfyError("the websocket closed")
+            data += chunk
+        return data
+
+    def receive(self) -> Any:
+        """The next whole message: a dict (JSON text) or ``(event type, payload)`` (binary). Raises TimeoutError."""
+        payload, opcode = b"", None
+        while True:
+            first, second = self._exactly(2)
+            fin, frame_opcode = first & 0x80, first & 0x0F
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._exactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self._exactly(8), "big")
+            data = self._exactly(length)
+            if frame_opcode == 0x8:
+                raise ComfyError("the server closed the websocket")
+            if frame_opcode == 0x9:  # ping: answer with a (masked) pong
+                self.sock.sendall(bytes([0x8A, 0x80 | len(data)]) + b"\0\0\0\0" + data)
+                continue
+            if frame_opcode in (0x1, 0x2):
+                opcode = frame_opcode
+            payload += data
+            if fin:
+                break
+        if opcode == 0x1:
+            return json.loads(payload)
+        return int.from_bytes(payload[:4], "big"), payload[4:]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> WebSocketMessages:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

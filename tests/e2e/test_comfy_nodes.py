@@ -28,7 +28,9 @@ PACK_NODES = {
     "FusionFramesLoadTextEncoder", "FusionFramesTextEncode", "FusionFramesKeyframeSampler",
     "FusionFramesFrameInterpolator", "FusionFramesMoVQDecode", "FusionFramesMoVQEncode",
     "FusionFramesTemporalBlockSelector", "FusionFramesTextEncodeSegments", "FusionFramesExtendVideo",
-    "FusionFramesCloseLoop", "FusionFramesSaveVideo",
+    "FusionFramesCloseLoop", "FusionFramesSaveVideo", "FusionFramesEmptyFirstFrame",
+    "FusionFramesKeyframeConditioning", "FusionFramesInterpolationConditioning", "FusionFramesInterleaveFrames",
+    "FusionFramesOfficialSampler", "FusionFramesOfficialSigmas", "FusionFramesSeededNoise",
 }
 SIZE = 64
 KEYFRAMES = 3
@@ -54,6 +56,10 @@ def shrink(graph: dict) -> dict:
             inputs.update(**steps)
         elif node["class_type"] == "ImageScale":
             inputs.update(width=SIZE, height=SIZE)
+        elif node["class_type"] in ("FusionFramesEmptyFirstFrame", "FusionFramesKeyframeConditioning"):
+            inputs.update(width=SIZE, height=SIZE, **({"keyframes": KEYFRAMES} if "keyframes" in inputs else {}))
+        elif node["class_type"] == "KSampler":
+            inputs.update(steps=3)
     return graph
 
 
@@ -76,7 +82,9 @@ def test_pack_imports_and_lists_every_node_with_its_inputs(demo_server):
     sampler = nodes["FusionFramesKeyframeSampler"]["input"]
     assert sampler["required"]["width"][1]["step"] == 64
     assert sampler["optional"]["image"][0] == "IMAGE"
-    assert nodes["FusionFramesMoVQDecode"]["output"] == ["IMAGE", "FLOAT"]
+    assert nodes["FusionFramesMoVQDecode"]["output"] == ["IMAGE", "FLOAT", "VIDEO"]
+    assert nodes["FusionFramesLoadKeyframeModel"]["output"] == ["FUSIONFRAMES_KEYFRAME_MODEL", "MODEL"]
+    assert nodes["FusionFramesTextEncode"]["output"] == ["FUSIONFRAMES_CONDITIONING", "CONDITIONING", "CONDITIONING"]
 
 
 def test_shipped_workflows_are_served_as_templates(demo_server):
@@ -94,6 +102,8 @@ def test_shipped_workflows_are_served_as_templates(demo_server):
     # 3 segments, the shared keyframes once: K + 2 (K - 1) keyframes, then one pass
     ("fusionframes_1_1_long_video_prompt_per_segment", 4 * (3 * KEYFRAMES - 2) - 3, SIZE),
     ("fusionframes_1_1_seamless_loop", 4 * KEYFRAMES, SIZE),  # the way back interpolated, the first frame once
+    ("fusionframes_1_1_native_core_sampling", 4 * KEYFRAMES - 3, SIZE),  # core nodes, the decoder's VIDEO saved
+    ("fusionframes_1_1_ksampler_image_to_video", 4 * KEYFRAMES - 3, SIZE),
 ])
 def test_shipped_workflow_writes_the_expected_mp4(demo_server, name, frames, width):
     entry = demo_server.run(shrink(api_workflow(name)), timeout=900)

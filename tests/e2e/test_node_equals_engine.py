@@ -166,7 +166,11 @@ def _decoded_sampler(graph: dict, decode_key: str) -> str:
     return key
 
 
-WORKFLOW_NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+#: graphs of core sampling nodes: not the one-node official path. Their parity is checked step by step against the
+#: golden cases, and against the pack's sampler nodes, in tests/e2e/test_comfy_native.py (a free run of the 1.1
+#: keyframes is chaotic with random weights, so rounding-level differences do not stay at the 8-bit level).
+CORE_SAMPLING = {"fusionframes_1_1_native_core_sampling", "fusionframes_1_1_ksampler_image_to_video"}
+WORKFLOW_NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json") if path.stem not in CORE_SAMPLING)
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
