@@ -16,8 +16,10 @@ from torch import nn
 def conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``. On the CPU in float32 through oneDNN: for the temporal convolutions' shapes (up to about 64
     channels) PyTorch picks its im2col kernel, 3-5x slower (84 % of a temporal MoVQ decode, 16-30 % of a U-Net
-    step); the two agree to float rounding. Differentiable, so training takes the same kernel."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    step); the two agree to float rounding. Differentiable, so training takes the same kernel. Under
+    ``torch.compile`` the plain convolution, which the compiler lowers itself."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available() and \
+            not torch.compiler.is_compiling():
         return torch.ops.aten.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, conv.padding, conv.stride,
                                                  conv.dilation, conv.groups)
     return conv(x)
@@ -124,13 +126,14 @@ class TemporalAttention(nn.Module):
         self.output_layer = nn.Linear(channels, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (clips, frames, positions, channels)."""
-        heads = self.num_heads
-        q = rearrange(self.to_query(x), "b t n (h d) -> b n h t d", h=heads)
-        k = rearrange(self.to_key(x), "b t n (h d) -> b n h t d", h=heads)
-        v = rearrange(self.to_value(x), "b t n (h d) -> b n h t d", h=heads)
+        """x: (clips, frames, positions, channels). Attention runs on 4-D (clips * positions, heads, frames, d)
+        tensors: torch.compile's CPU attention kernel gives wrong results for 5-D inputs (torch 2.14)."""
+        heads, clips = self.num_heads, x.shape[0]
+        q = rearrange(self.to_query(x), "b t n (h d) -> (b n) h t d", h=heads)
+        k = rearrange(self.to_key(x), "b t n (h d) -> (b n) h t d", h=heads)
+        v = rearrange(self.to_value(x), "b t n (h d) -> (b n) h t d", h=heads)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.output_layer(rearrange(out, "b n h t d -> b t n (h d)"))
+        return self.output_layer(rearrange(out, "(b n) h t d -> b t n (h d)", b=clips))
 
 
 def feed_forward(channels: int, expansion_ratio: int) -> nn.Sequential:

@@ -496,8 +496,35 @@ def check_bad_input(h: Harness) -> None:
            messages=[first[:300], second[:300], third[:300]], next_prompt=after.outcome)
 
 
+def check_torch_compile(h: Harness) -> None:
+    """TorchCompileModel (inductor) accepts our MODEL, and the compiled model samples the same video as the plain
+    one (1.0 keyframes, 2 euler steps)."""
+    videos = {}
+    started = time.monotonic()
+    for compiled in (False, True):
+        g = Graph()
+        loaders(g, "1.0")
+        model = ["k", 1]
+        if compiled:
+            model = g.add("compile", "TorchCompileModel", model=["k", 1], backend="inductor")
+        g.add("kc", "FusionFramesKeyframeConditioning", model=model, positive=["te", 1], negative=["te", 2],
+              width=SIZE, height=SIZE, keyframes=2)
+        g.add("ks", "KSampler", model=model, seed=3, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
+              positive=["kc", 0], negative=["kc", 2], latent_image=["kc", 3], denoise=1.0)
+        g.probe("p", ["ks", 0])
+        result = h.host.run(g.nodes)
+        if result.outcome != "accepted":
+            report("torch_compile", False, compiled=compiled, error=str(result.error)[:800])
+            return
+        videos[compiled] = result.outputs["p"]["samples"]
+    error = float((videos[True] - videos[False]).abs().max())
+    scale = float(videos[False].abs().max())
+    report("torch_compile", error <= 1e-3 * max(scale, 1.0), max_difference=error, scale=scale,
+           seconds=round(time.monotonic() - started, 1))
+
+
 CHECKS = {"golden": check_golden, "graph": check_graph_equals_nodes, "core_samplers": check_core_samplers,
-          "lora": check_lora, "bad_input": check_bad_input}
+          "lora": check_lora, "bad_input": check_bad_input, "torch_compile": check_torch_compile}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,3 +62,7 @@ def test_a_lora_in_comfyui_key_convention_patches_our_model(native_results):
 
 def test_foreign_conditionings_and_models_get_errors_naming_both_sides(native_results):
     _passed(native_results, "bad_input", 1)
+
+
+def test_torch_compile_model_accepts_our_model_and_keeps_its_result(native_results):
+    _passed(native_results, "torch_compile", 1)
