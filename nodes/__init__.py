@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .comfy_models import register_folders
+from .comfy.models import register_folders
 from .extend_video import CloseLoop, ExtendVideo
 from .frame_interpolator import FrameInterpolator
 from .keyframe_sampler import KeyframeSampler

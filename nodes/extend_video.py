@@ -9,7 +9,7 @@ from ..fusionframes.releases import KEYFRAME_FPS, LATENT_SCALE, MOTION_SCORES
 from ..fusionframes.runtime import stages
 from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest, close_loop, segment_stage
 from ..fusionframes.sampling.fast import SAMPLERS
-from . import comfy_models as cm
+from .comfy import models as cm
 from .keyframe_sampler import image_to_pil, node_models, node_progress, text_conditions
 from .types import (
     CATEGORY,

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..fusionframes.releases import KEYFRAME_FPS, fps_for
 from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
 from ..fusionframes.sampling.fast import SAMPLERS
-from . import comfy_models as cm
+from .comfy import models as cm
 from .keyframe_sampler import node_models, node_progress, text_conditions
 from .types import CATEGORY, Conditioning, InterpolationModel, frame_segments, latent_frames, latent_info, make_latent
 

@@ -14,7 +14,7 @@ from ..fusionframes.models.text.condition import TextCondition
 from ..fusionframes.releases import KEYFRAME_FPS, MOTION_SCORES
 from ..fusionframes.runtime.sequencer import Sequencer, VideoRequest
 from ..fusionframes.sampling.fast import SAMPLERS
-from . import comfy_models as cm
+from .comfy import models as cm
 from .types import CATEGORY, Conditioning, KeyframeModel, MoVQModel, make_latent
 
 

@@ -11,8 +11,8 @@ from ..fusionframes.models.configs import release_config_for
 from ..fusionframes.models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES, model_dtype, text_dtype
 from ..fusionframes.models.text.encoder import TextEncoder
 from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
-from . import comfy_models as cm
-from .previews import remember as remember_colours
+from .comfy import models as cm
+from .comfy.previews import remember as remember_colours
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
 
 FP8 = "fp8_e4m3fn"
@@ -24,13 +24,11 @@ def _checkpoint_input(tooltip: str) -> io.Combo.Input:
 
 
 def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
-    import comfy.model_management as mm
-
-    device = mm.get_torch_device()
+    device = cm.compute_device()
     dtype = model_dtype(dtype_choice, device, bf16=cm.host_supports_bf16(device))
     loaded = load_model(cm.checkpoint_path(ckpt_name), expected_kind=kind, dtype=dtype,
-                        device=mm.unet_offload_device())
-    if prefers_channels_last(mm.get_torch_device()):
+                        device=cm.offload_device())
+    if prefers_channels_last(device):
         use_channels_last(loaded.model)  # the layout survives the memory manager's moves to the GPU
     return cm.manage(loaded.model, loaded.release, kind, ckpt_name)
 
@@ -143,20 +141,18 @@ class LoadTextEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder: str, projections: str, weight_dtype: str) -> io.NodeOutput:
         cm.check_widgets(cls, locals(), files=("text_encoder", "projections"))
-        import comfy.model_management as mm
-
         projections_path = cm.checkpoint_path(projections)
         release = projections_release(inspect(projections_path))
         if release is None:
             raise ValueError(f"{projections} holds no T5 projections: choose t5_projections.pt (1.1) or "
                              "kandinsky_video.pt (1.0).")
         text_config = release_config_for(projections_path, release).text
-        device = mm.text_encoder_device()
+        device, offload = cm.text_devices()
         dtype, fp8 = text_dtype("fp8" if weight_dtype == FP8 else weight_dtype, device,
                                 bf16=cm.host_supports_bf16(device))
         encoder = TextEncoder.load(
             release, cm.text_encoder_path(text_encoder), projections_path, dtype=dtype, fp8_weights=fp8,
-            max_length=text_config.tokens_length, device=mm.text_encoder_offload_device(),
+            max_length=text_config.tokens_length, device=offload,
         )
         holder = nn.ModuleDict({"t5": encoder.t5, "projections": nn.ModuleDict(encoder.projections)})
         managed = cm.manage(holder, release, "text", text_encoder, text=True)

@@ -10,8 +10,8 @@ from ..fusionframes.io.video import VideoStream
 from ..fusionframes.models.movq.decoding import Tiles, official_clip_frames
 from ..fusionframes.releases import KEYFRAME_FPS, LATENT_SCALE
 from ..fusionframes.runtime import stages
-from . import comfy_models as cm
-from .comfy_native import core_video
+from .comfy import models as cm
+from .comfy.native import core_video
 from .types import CATEGORY, MoVQModel, latent_info, make_latent, playable_frames
 
 DECODE_MODES = ["official clips", "one clip per frame", "custom clip length"]

@@ -12,8 +12,8 @@ from ..fusionframes.models.text.condition import TextCondition
 from ..fusionframes.releases import KEYFRAME_FPS, MOTION_SCORES, OFFICIAL, fps_for, skip_frames
 from ..fusionframes.runtime.stages import check_frames, check_size, encode_image, first_frame_to_key_frame, interleave
 from ..fusionframes.sampling import native
-from . import comfy_models as cm
-from . import comfy_native as cn
+from .comfy import models as cm
+from .comfy import native as cn
 from .keyframe_sampler import image_to_pil
 from .types import CATEGORY, LATENT_TAG, MoVQModel, latent_frames, latent_info, make_latent
 

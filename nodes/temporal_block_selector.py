@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..fusionframes.errors import FusionFramesError
 from ..fusionframes.models.temporal.selection import CHOICES, resolve_variant, temporal_strength
-from . import comfy_models as cm
+from .comfy import models as cm
 from .types import CATEGORY, KeyframeModel
 
 VARIANTS = list(CHOICES)
@@ -52,7 +51,7 @@ class TemporalBlockSelector(io.ComfyNode):
         try:
             strength = temporal_strength(keyframe_model.module, conv_strength, attention_strength, levels)
             model = resolve_variant(keyframe_model.module, variant, fresh=fresh_blocks,
-                                    device=mm.unet_offload_device())
+                                    device=cm.offload_device())
         except FusionFramesError as error:
             raise ValueError(f"Temporal Block Selector: {error}") from None
         if model is keyframe_model.module:

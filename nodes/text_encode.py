@@ -8,8 +8,8 @@ import torch
 from comfy_api.latest import io
 
 from ..fusionframes.runtime.sequencer import negative_prompt as negative_prompt_rule
-from . import comfy_models as cm
-from .comfy_native import text_conditioning
+from .comfy import models as cm
+from .comfy.native import text_conditioning
 from .types import CATEGORY, Conditioning, TextEncoderModel
 
 

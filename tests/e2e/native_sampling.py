@@ -63,8 +63,8 @@ class Harness:
 
     def __init__(self) -> None:
         self.host = props.Host()
-        self.native = pack_module("comfy_native")
-        self.models = pack_module("comfy_models")
+        self.native = pack_module("comfy.native")
+        self.models = pack_module("comfy.models")
         self.nodes = pack_module("native_nodes")
         import comfy_extras.nodes_custom_sampler as custom
 

@@ -206,7 +206,7 @@ def test_11_text_to_video_refuses_its_keyframes_before_it_samples_the_first_fram
 
 
 def test_a_host_that_can_free_memory_is_asked_first(monkeypatch, k10):
-    """ComfyUI unloads other models when asked (nodes/comfy_models.cancellable); only what is still short refuses."""
+    """ComfyUI unloads other models when asked (nodes/comfy/models.cancellable); only what is still short refuses."""
     need = preflight.unet_need("k", "keyframes_1.0", k10["keyframe"], 100, "keyframes", 64, 64, "")
     free = [need.device_bytes // 4]
     monkeypatch.setattr(preflight, "available_memory", lambda device: free[0])

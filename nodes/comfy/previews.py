@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fusionframes.models.movq.preview import LatentColours, engine_frames, fit_latent_colours, frames_sheet
+from ...fusionframes.models.movq.preview import LatentColours, engine_frames, fit_latent_colours, frames_sheet
 
 __all__ = ["frames_sheet", "latent_colours", "preview", "remember"]
 

@@ -27,14 +27,14 @@ import comfy.samplers
 import comfy.supported_models_base
 import torch
 
-from ..fusionframes.models.text.condition import TextCondition
-from ..fusionframes.releases import MOTION_SCORES, OFFICIAL, skip_frames
-from ..fusionframes.runtime import preflight
-from ..fusionframes.runtime.stages import keyframe_draws_11
-from ..fusionframes.sampling import native
-from ..fusionframes.sampling.fast import PREDICTIONS
-from ..fusionframes.sampling.loop import noise_role
-from ..fusionframes.sampling.noise import NoiseSource, SeededNoise
+from ...fusionframes.models.text.condition import TextCondition
+from ...fusionframes.releases import MOTION_SCORES, OFFICIAL, skip_frames
+from ...fusionframes.runtime import preflight
+from ...fusionframes.runtime.stages import keyframe_draws_11
+from ...fusionframes.sampling import native
+from ...fusionframes.sampling.fast import PREDICTIONS
+from ...fusionframes.sampling.loop import noise_role
+from ...fusionframes.sampling.noise import NoiseSource, SeededNoise
 
 COMFY_VERSION = "0.3.75"
 #: our options inside a core conditioning's dict

@@ -19,9 +19,9 @@ import folder_paths
 import torch
 from torch import nn
 
-from ..fusionframes.models.interrupt import interruptible
-from ..fusionframes.runtime import preflight
-from ..fusionframes.runtime.out_of_memory import release_host_memory
+from ...fusionframes.models.interrupt import interruptible
+from ...fusionframes.runtime import preflight
+from ...fusionframes.runtime.out_of_memory import release_host_memory
 from .previews import preview
 
 FOLDER = "fusionframes"
@@ -128,7 +128,7 @@ class ManagedModel:
 def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = False) -> ManagedModel:
     """``model`` under the memory manager; the U-Nets as core models (their patcher is also the MODEL the loaders
     give, so LoRA and other model patches of a clone apply to it)."""
-    from .comfy_native import FusionFramesModel
+    from .native import FusionFramesModel
 
     load_device = mm.text_encoder_device() if text else mm.get_torch_device()
     offload_device = mm.text_encoder_offload_device() if text else mm.unet_offload_device()
@@ -203,3 +203,18 @@ def check_widgets(node: type, values: dict[str, Any], files: tuple[str, ...] = (
         if kind == "COMBO" and options and value not in options and spec.id not in files:
             shown = ", ".join(options[:8]) + (", ..." if len(options) > 8 else "")
             raise ValueError(f"{schema.display_name}: {spec.id} {value!r} is not one of its choices ({shown}).")
+
+
+def compute_device() -> torch.device:
+    """Where ComfyUI runs the diffusion models."""
+    return mm.get_torch_device()
+
+
+def offload_device() -> torch.device:
+    """Where ComfyUI keeps the diffusion models between runs."""
+    return mm.unet_offload_device()
+
+
+def text_devices() -> tuple[torch.device, torch.device]:
+    """Where ComfyUI runs the text encoder, and where it keeps it."""
+    return mm.text_encoder_device(), mm.text_encoder_offload_device()
