@@ -83,8 +83,8 @@ class KeyframeConditioning(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The keyframe MODEL."),
                 io.Conditioning.Input("positive", tooltip="From FusionFrames Text Encode."),
-                io.Int.Input("width", default=512, min=64, max=2048, step=64),
-                io.Int.Input("height", default=512, min=64, max=2048, step=64),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Of the video; multiple of 64."),
+                io.Int.Input("height", default=512, min=64, max=2048, step=64, tooltip="Of the video; multiple of 64."),
                 io.Int.Input("keyframes", default=0, min=0, max=64, tooltip="0 = official (15 for 1.0, 12 for 1.1)."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="1.0: the negative output of FusionFrames Text Encode (the null context "
@@ -94,8 +94,10 @@ class KeyframeConditioning(io.ComfyNode):
                                 tooltip="1.1 text-to-video: the sampled first frame (decoded, 8-bit, fitted and "
                                         "re-encoded as the official pipeline does)."),
                 io.Image.Input("image", optional=True, tooltip="1.1 image-to-video: the first frame."),
-                io.Combo.Input("motion", options=list(MOTION_SCORES), default="medium", optional=True),
-                io.Int.Input("noise_augmentation", default=20, min=0, max=999, optional=True),
+                io.Combo.Input("motion", options=list(MOTION_SCORES), default="medium", optional=True,
+                               tooltip="1.1: motion score (low 1, medium 10, high 50, extreme 100)."),
+                io.Int.Input("noise_augmentation", default=20, min=0, max=999, optional=True,
+                             tooltip="1.1: noise level added to the first-frame latent (official 20)."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"),
                      io.Conditioning.Output(display_name="image_only"),
@@ -254,7 +256,8 @@ class OfficialSigmas(io.ComfyNode):
             description="The official timesteps of a stage as SIGMAS: 1.1 leading 50 (first frame, keyframes), "
                         "trailing 10 (interpolation); 1.0 its cosine in 50 bins.",
             inputs=[io.Model.Input("model"),
-                    io.Combo.Input("stage", options=list(STAGES), default="keyframes"),
+                    io.Combo.Input("stage", options=list(STAGES), default="keyframes",
+                                   tooltip="The sampling stage whose official timesteps to give."),
                     io.Int.Input("steps", default=0, min=0, max=1000, tooltip="0 = official.")],
             outputs=[io.Sigmas.Output(display_name="sigmas")],
         )
@@ -283,7 +286,8 @@ class SeededNoise(io.ComfyNode):
             description="The starting noise of the pack's seeded streams (one per stage, from a CPU generator): the "
                         "same seed gives what the pack's sampler nodes and the command line give.",
             inputs=[io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                                 control_after_generate=True)],
+                                 control_after_generate=True,
+                                 tooltip="The same seed gives the pack's sampler nodes' video.")],
             outputs=[io.Noise.Output(display_name="noise")],
         )
 
