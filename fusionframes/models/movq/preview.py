@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ...releases import LATENT_SCALE
-
 #: side of the synthetic fitting images
 FIT_SIZE = 64
 
@@ -93,7 +91,3 @@ def engine_frames(state: torch.Tensor) -> torch.Tensor:
     frames = state.reshape(-1, 4, *state.shape[-2:]) if state.shape[1] % 4 == 0 else state
     return frames.transpose(0, 1)[None]
 
-
-def preview_size(latents: torch.Tensor) -> tuple[int, int]:
-    """The image size of a latent sheet (width, height)."""
-    return latents.shape[-1] * LATENT_SCALE, latents.shape[-2] * LATENT_SCALE
