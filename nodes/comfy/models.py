@@ -128,12 +128,13 @@ class ManagedModel:
 def manage(model: nn.Module, release: str, kind: str, name: str, text: bool = False) -> ManagedModel:
     """``model`` under the memory manager; the U-Nets as core models (their patcher is also the MODEL the loaders
     give, so LoRA and other model patches of a clone apply to it)."""
-    from .native import FusionFramesModel
+    from .native import FusionFramesModel, FusionFramesPatcher
 
     load_device = mm.text_encoder_device() if text else mm.get_torch_device()
     offload_device = mm.text_encoder_offload_device() if text else mm.unet_offload_device()
     holder = FusionFramesModel(model, release, kind) if kind in UNET_KINDS else PatchableModule(model)
-    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    kind_of_patcher = FusionFramesPatcher if kind in UNET_KINDS else comfy.model_patcher.ModelPatcher
+    patcher = kind_of_patcher(holder, load_device=load_device, offload_device=offload_device)
     return ManagedModel(patcher, release, kind, name)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.samplers
 import comfy.supported_models_base
@@ -249,6 +250,24 @@ class FusionFramesModel(comfy.model_base.BaseModel):
         units = batch * frames // native.stage_frames(stage)
         return preflight.unet_need("sampling", cost, self.diffusion_model, units, "frames", height, width,
                                    "").device_bytes
+
+
+class FusionFramesPatcher(comfy.model_patcher.ModelPatcher):
+    """The ModelPatcher of our U-Nets. A set of weight patches that matches none of the network's weights (a LoRA
+    made for another model: ComfyUI keeps the unmatched keys and only logs them) is refused, since the LoRA would
+    silently change nothing."""
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        if not patches:
+            model = self.model
+            names = [name for name, _ in model.diffusion_model.named_parameters()]
+            examples = ", ".join(f"diffusion_model.{name}" for name in names[:2])
+            raise ValueError(f"This LoRA (or patch) matched none of the {len(names)} weights of the "
+                             f"{model.describe()}: it was made for another model, so it would change nothing (the "
+                             "ComfyUI log lists its keys as 'lora key not loaded'). A LoRA for this U-Net names the "
+                             f"weights of its official checkpoint, e.g. {examples} (as .lora_up/.lora_down or "
+                             "lora_unet_ keys); connect one made for it, or bypass the LoRA node.")
+        return super().add_patches(patches, strength_patch, strength_model)
 
 
 def fusionframes_model(patcher: Any, what: str) -> FusionFramesModel:

@@ -19,8 +19,8 @@ Checks (each prints one JSON line; the script exits 1 if any fails):
 * ``core_samplers``: KSampler with euler/normal and dpmpp_2m/karras on both stages gives finite video latents;
 * ``lora``: LoraLoaderModelOnly with a LoRA written here in ComfyUI's key convention: strength 0 leaves the output
   unchanged, strength 1 adds exactly ``up @ down * alpha / rank`` to the patched weights;
-* ``bad_input``: a core (SD-shaped) conditioning and a core model at our nodes fail with errors naming both sides,
-  and the next prompt still runs.
+* ``bad_input``: a core (SD-shaped) conditioning and a core model at our nodes, and an SD 1.5 LoRA on our MODEL,
+  fail with errors naming both sides, and the next prompt still runs.
 """
 
 from __future__ import annotations
@@ -483,6 +483,9 @@ def check_bad_input(h: Harness) -> None:
     except ValueError as error:
         third = str(error)
     ok_third = "not a FusionFrames U-Net" in third and "Linear" in third
+    fourth = _foreign_lora_message(h)
+    ok_fourth = "matched none of the" in fourth and "FusionFrames 1.1 keyframe model" in fourth and \
+        "diffusion_model." in fourth
     g2 = Graph()
     loaders(g2, "1.1")
     g2.add("kc", "FusionFramesKeyframeConditioning", model=["k", 1], positive=["te", 1], width=SIZE, height=SIZE,
@@ -490,8 +493,34 @@ def check_bad_input(h: Harness) -> None:
     g2.add("img", "EmptyImage", width=SIZE, height=SIZE, batch_size=1, color=0)
     g2.probe("p", ["kc", 3])
     after = h.host.run(g2.nodes)
-    report("bad_input", ok_first and ok_second and ok_third and after.outcome == "accepted",
-           messages=[first[:300], second[:300], third[:300]], next_prompt=after.outcome)
+    report("bad_input", ok_first and ok_second and ok_third and ok_fourth and after.outcome == "accepted",
+           messages=[first[:300], second[:300], third[:300], fourth[:400]], next_prompt=after.outcome)
+
+
+def _foreign_lora_message(h: Harness) -> str:
+    """The error of a prompt that puts an SD 1.5 LoRA (keys of SD's U-Net) on our MODEL."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    folder = Path(folder_paths.get_folder_paths("loras")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fusionframes_test_sd15_lora.safetensors"
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 320), f"{key}.lora_up.weight": torch.zeros(320, 2),
+               f"{key}.alpha": torch.tensor(2.0)}, str(path))
+    try:
+        g = Graph()
+        loaders(g, "1.1")
+        patched = g.add("lora", "LoraLoaderModelOnly", model=["k", 1], lora_name=path.name, strength_model=1.0)
+        g.add("kc", "FusionFramesKeyframeConditioning", model=patched, positive=["te", 1], width=SIZE, height=SIZE,
+              keyframes=2, movq=["m", 0], image=["img", 0])
+        g.add("img", "EmptyImage", width=SIZE, height=SIZE, batch_size=1, color=0)
+        g.probe("p", ["kc", 3])
+        result = h.host.run(g.nodes)
+    finally:
+        path.unlink()
+    return str((result.error or {}).get("exception_message", "")) if result.outcome == "failed" else ""
+
 
 
 def check_torch_compile(h: Harness) -> None:
