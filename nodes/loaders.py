@@ -12,6 +12,7 @@ from ..fusionframes.models.dtypes import MODEL_DTYPE_CHOICES, TEXT_DTYPE_CHOICES
 from ..fusionframes.models.text.encoder import TextEncoder
 from ..fusionframes.runtime.layout import prefers_channels_last, use_channels_last
 from .comfy import models as cm
+from .comfy.previews import decoded_previews
 from .comfy.previews import remember as remember_colours
 from .types import CATEGORY, InterpolationModel, KeyframeModel, MoVQModel, TextEncoderModel
 
@@ -96,20 +97,31 @@ class LoadMoVQ(io.ComfyNode):
                 _checkpoint_input("movq.pt (image) or video_movq.pt (temporal, 1.1)."),
                 io.Combo.Input("weight_dtype", options=list(MODEL_DTYPE_CHOICES), default="fp32",
                                tooltip="The official code runs MoVQ in fp32."),
+                io.Int.Input("decoded_preview_every", default=0, min=0, max=1000, optional=True,
+                             tooltip="Live previews while sampling: 0 shows the frames in colours read straight "
+                                     "from the latents (free). N > 0 decodes the frames with this MoVQ for the "
+                                     "first preview and every N-th step after it (one decode of every frame each "
+                                     "time; skipped when it does not fit in free memory). Image MoVQ (movq.pt) "
+                                     "only."),
             ],
             outputs=[MoVQModel.Output(display_name="movq")],
         )
 
     @classmethod
-    def execute(cls, ckpt_name: str, weight_dtype: str) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str, weight_dtype: str, decoded_preview_every: int = 0) -> io.NodeOutput:
         cm.check_widgets(cls, locals(), files=("ckpt_name",))
         info = inspect(cm.checkpoint_path(ckpt_name))
         if info.kind not in ("movq", "video_movq"):
             raise ValueError(f"{ckpt_name} is not a MoVQ checkpoint (it holds a {info.kind}); choose movq.pt or "
                              "video_movq.pt.")
         managed = _load(ckpt_name, info.kind, weight_dtype)
-        if info.kind == "movq":  # the colours of the live previews
+        if info.kind == "movq":  # the colours of the live previews, and their decoder if asked
             remember_colours(managed.module, cm.checkpoint_path(ckpt_name))
+            decoded_previews(managed, decoded_preview_every)
+        elif decoded_preview_every:
+            raise ValueError(f"Load FusionFrames MoVQ: decoded previews come from the image MoVQ (movq.pt), and "
+                             f"{ckpt_name} is the temporal one: set decoded_preview_every on the loader of movq.pt "
+                             "and leave it at 0 here.")
         return io.NodeOutput(managed)
 
 

@@ -34,7 +34,10 @@ def _text(release_dir: str, projections: str, prompt: str = PROMPT, negative: st
 
 
 def _loader(node_type: str, path: str, dtype: str = "auto") -> dict:
-    return {"class_type": node_type, "inputs": {"ckpt_name": path, "weight_dtype": dtype}}
+    inputs = {"ckpt_name": path, "weight_dtype": dtype}
+    if node_type == "FusionFramesLoadMoVQ":
+        inputs["decoded_preview_every"] = 0  # cheap colour previews; N decodes every N-th (image MoVQ only)
+    return {"class_type": node_type, "inputs": inputs}
 
 
 def _save(images: list, fps: list | float, prefix: str) -> dict:

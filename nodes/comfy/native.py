@@ -45,32 +45,30 @@ NOISE_SOURCE: Callable[[int], NoiseSource] = SeededNoise
 
 
 class VideoLatentFormat(comfy.latent_formats.LatentFormat):
-    """MoVQ latents of video frames, ``[B, 4, T, h, w]``, unscaled. Colours for previews come from the loaded MoVQ
-    (``previews.latent_colours``)."""
+    """MoVQ latents of video frames, ``[B, 4, T, h, w]``, unscaled. The core previewer's "latent -> RGB" step is ours
+    (``previews.video_sheet``: the fitted colours or a MoVQ decode, all frames on a sheet, announced to the canvas
+    for playing); its factors are then the identity on RGB."""
 
     latent_channels = 4
     latent_dimensions = 3
     scale_factor = 1.0
+    latent_rgb_factors_bias = None
 
     @property
     def latent_rgb_factors(self) -> list[list[float]] | None:
-        from .previews import latent_colours
+        from .previews import can_preview
 
-        colours = latent_colours()
-        return None if colours is None else colours.factors
-
-    @property
-    def latent_rgb_factors_bias(self) -> list[float] | None:
-        from .previews import latent_colours
-
-        colours = latent_colours()
-        return None if colours is None else colours.bias
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] if can_preview() else None
 
     @property
-    def latent_rgb_factors_reshape(self):
-        from .previews import frames_sheet
+    def latent_rgb_factors_reshape(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        from .previews import video_sheet
 
-        return frames_sheet
+        def to_rgb(video: torch.Tensor) -> torch.Tensor:
+            sheet = video_sheet(video)
+            return video.new_zeros(1, 3, 1, *video.shape[-2:]) if sheet is None else sheet.to(video.device)
+
+        return to_rgb
 
 
 class _Config(comfy.supported_models_base.BASE):

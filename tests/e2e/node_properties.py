@@ -635,7 +635,10 @@ class Properties:
                                      "weight_dtype": self.dtype_choice(loader, "auto")})
 
     def loader(self, b: GraphBuilder, class_type: str, file: str, dtype: str = "auto") -> str:
-        return b.add(class_type, prefer={"ckpt_name": file, "weight_dtype": self.dtype_choice(class_type, dtype)})
+        # decoded previews are the image MoVQ's (the temporal MoVQ's loader refuses them, by design)
+        fixed = {"decoded_preview_every": 0} if class_type == "FusionFramesLoadMoVQ" and "video_movq" in file else None
+        return b.add(class_type, fixed=fixed,
+                     prefer={"ckpt_name": file, "weight_dtype": self.dtype_choice(class_type, dtype)})
 
     def judge(self, name: str, b: GraphBuilder, on_success: Callable[[RunResult], None]) -> None:
         stats = self.stats.setdefault(name, Stats())
