@@ -441,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-every", type=int, default=0, help="also write the checkpoint every n steps")
     train.set_defaults(run=cmd_train_temporal)
 
+    from .tools.toy import cli as toy_cli
+
+    toy_train = commands.add_parser("toy-train", help="train the tiny models of the toy world (resumable; CPU)")
+    toy_cli.add_train_arguments(toy_train)
+    toy_train.set_defaults(run=toy_cli.run_train)
+    toy_eval = commands.add_parser("toy-eval", help="generate toy-world videos and measure colour, shape, motion, "
+                                                    "interpolation and stability (JSON + contact sheet)")
+    toy_cli.add_eval_arguments(toy_eval)
+    toy_eval.set_defaults(run=toy_cli.run_eval)
+
     parity = commands.add_parser("check-parity", help="run every case of a golden fixture directory")
     parity.add_argument("fixtures", help="directory with cases/ and models/ (e.g. ../shared/golden)")
     parity.add_argument("--case", action="append", help="only this case (repeatable)")

@@ -74,7 +74,13 @@ def encode_prompt(
     mask = attention_mask.to(device=hidden.device, dtype=torch.long)
     if zero_nonfinite:
         mask = torch.where((hidden == 0).flatten(1).all(-1)[:, None], torch.zeros_like(mask), mask)
-    projection = projection.to(hidden.device)
+    return project_states(projection.to(hidden.device), hidden, mask)
+
+
+def project_states(projection: TextProjection, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """T5 states ``(B, L, d_model)`` and their mask -> the context: projected, zero where the mask is 0, trimmed to
+    ``max(mask.sum(-1)) + 1`` positions (differentiable: training the projections uses it too)."""
     context = projection(hidden)
     context = torch.where(mask[..., None] == 0, torch.zeros_like(context), context)
     length = int(mask.sum(-1).max()) + 1

@@ -1,0 +1,80 @@
+"""The ``toy-train`` and ``toy-eval`` commands (``python -m fusionframes``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+#: where the committed toy models live (relative to the repository root, where the commands run)
+TOY_MODELS = "toy_models"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train import STAGES
+
+    parser.add_argument("--stage", choices=[*STAGES, "all"], default="all",
+                        help="one stage, or all of them in order (stages finished before are skipped)")
+    parser.add_argument("--models", default=TOY_MODELS, help="the models folder (read and written)")
+    parser.add_argument("--work", default="out/toy_training", help="the resumable training state")
+    parser.add_argument("--steps", type=int, default=None, help="steps of the stage (default: its plan)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="stop (resumably) after this long; the same command continues")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=25)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import STAGES, train_stage
+
+    models, work = Path(args.models), Path(args.work)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    started = time.monotonic()
+    for stage in stages:
+        marker = work / f"{stage}.done"
+        if args.stage == "all" and marker.is_file():
+            print(f"{stage}: done before ({marker.read_text().strip()})")
+            continue
+        left = None if args.time_limit is None else args.time_limit - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            print("time limit reached; the same command continues")
+            return 0
+
+        def report(name: str, step: int, total: int, loss: float) -> None:
+            if step % args.log_every == 0 or step == total:
+                print(f"{name} {step}/{total} loss {loss:.5f}", flush=True)
+
+        result = train_stage(stage, models, work, steps=args.steps, seed=args.seed, time_limit=left, on_step=report)
+        if not result.done:
+            print(f"{stage}: stopped at step {result.steps} (time limit); the same command continues")
+            return 0
+        summary = f"{result.steps} steps, last loss {result.losses[-1]:.5f}, {result.seconds:.0f} s in the last run"
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(summary + "\n")
+        print(f"{stage}: {summary}; written to {models}")
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=TOY_MODELS, help="the toy models folder (k11/ and text_encoder/ in it)")
+    parser.add_argument("--out", default="out/toy_eval", help="folder for toy_eval.json and toy_eval.png")
+    parser.add_argument("--prompt", action="append", help="prompts of the grammar (default: a fixed set covering "
+                                                          "every colour, shape and motion)")
+    parser.add_argument("--seeds", default="1,2", help="comma-separated seeds")
+    parser.add_argument("--fps", choices=["low", "medium", "high"], default="medium")
+    parser.add_argument("--keyframes", type=int, default=8)
+    parser.add_argument("--temporal-variant", default="auto", help="the keyframe model's temporal blocks")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import PROMPTS, run_eval
+
+    models = Path(args.models)
+    seeds = tuple(int(seed) for seed in args.seeds.split(","))
+    temporal = None if args.temporal_variant == "auto" else {"variant": args.temporal_variant}
+    result = run_eval(models / "k11", models / "text_encoder", Path(args.out), tuple(args.prompt or PROMPTS), seeds,
+                      args.fps, args.keyframes, temporal=temporal)
+    print(json.dumps(result["summary"], indent=1))
+    print(f"details: {Path(args.out) / 'toy_eval.json'}; contact sheet: {Path(args.out) / 'toy_eval.png'}")
+    return 0

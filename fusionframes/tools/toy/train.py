@@ -1,0 +1,426 @@
+"""Training the tiny FusionFrames 1.1 models of the toy world on this machine (CPU), stage by stage, resumably.
+
+The models are the official classes at the demo models' size (``tools.demo_models.demo_configs``), start from the
+demo models' random weights and are written in the official file layout, so the loaders read them as they read the
+real checkpoints. Stages, in order (each reads what the earlier ones wrote into the models folder)::
+
+    movq           the image MoVQ: reconstruction of 64 and 128 px frames (latents kept near unit scale)
+    video_movq     the temporal MoVQ: its decoder from the image MoVQ's, its temporal layers on clips
+    first_frame    text projection + keyframe U-Net in image mode (the first frame at twice the video's size), eps
+    keyframes      the keyframe U-Net in video mode: temporal layers, temporal embeddings and its input layer; the
+                   text-to-image part stays frozen, as in the paper
+    interpolation  the interpolation projection + interpolation U-Net (3 frames between each pair of keyframes), v
+
+Every ``save_every`` steps (and when the time limit is reached) a stage's models, optimiser and losses go to
+``<work>/<stage>.state.pt``; running the stage again continues from there. The data of step ``s`` is drawn from
+(seed, stage, s) alone, so a resumed run trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...io.checkpoints import load_model
+from ...models.movq.model import MoVQ
+from ...models.temporal.selection import temporal_parameters
+from ...models.text.encoder import TextEncoder, project_states, run_t5
+from ...models.text.projections import TextProjection, load_projections
+from ...releases import MOTION_SCORES, OFFICIAL, skip_frames
+from ...sampling.schedules import K11Schedule
+from ..demo_models import TOKENS_LENGTH, create_demo_models
+from ..training import TrainingConfig, save_checkpoint
+from . import world
+
+STAGES = ("movq", "video_movq", "first_frame", "keyframes", "interpolation")
+#: the files of the trained set, relative to the models folder (the official 1.1 names)
+FILES = {"movq": "k11/movq.pt", "video_movq": "k11/video_movq.pt", "keyframe": "k11/t2v.pt",
+         "interpolation": "k11/interpolation.pt", "projections": "k11/t5_projections.pt"}
+VIDEO_SIZE = 64
+KEYFRAMES = 8
+TEXT_DROPOUT = 0.1
+OnStep = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How long and how a stage trains: ``batch`` scenes per step."""
+
+    steps: int
+    batch: int
+    learning_rate: float
+    warmup: int = 100
+
+
+PLANS = {
+    "movq": StagePlan(1500, 8, 1e-3),
+    "video_movq": StagePlan(400, 2, 5e-4),
+    "first_frame": StagePlan(4000, 16, 1e-3),
+    "keyframes": StagePlan(3000, 4, 1e-3),
+    "interpolation": StagePlan(3000, 4, 1e-3),
+}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    done: bool
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def learning_rate(plan: StagePlan, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < plan.warmup:
+        return plan.learning_rate * (step + 1) / plan.warmup
+    progress = (step - plan.warmup) / max(1, plan.steps - plan.warmup)
+    return plan.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(stage.encode()) * 65_537 + step) % 2**63)
+
+
+def draw_scenes(generator: torch.Generator, count: int, keyframes: int) -> list[world.Scene]:
+    return [world.random_scene(generator, keyframes) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the models folder
+
+
+def initial_models(models: Path, seed: int = 0) -> None:
+    """The starting point: the demo models' random weights and configs (and their tiny T5, which stays frozen)."""
+    if (models / "k11" / "configs.json").is_file() and (models / "text_encoder" / "config.json").is_file():
+        return
+    scratch = models.parent / f".{models.name}.init"
+    create_demo_models(scratch, seed=seed)
+    for relative in ("k11/configs.json", *FILES.values()):
+        target = models / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(scratch / relative, target)
+    if not (models / "text_encoder").exists():
+        shutil.copytree(scratch / "text_encoder", models / "text_encoder")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+class Captions:
+    """The frozen T5 states of every caption of the grammar (computed once), projected by a trainable projection
+    into U-Net contexts."""
+
+    def __init__(self, models: Path) -> None:
+        encoder = TextEncoder.load("1.1", models / "text_encoder", models / FILES["projections"],
+                                   max_length=TOKENS_LENGTH)
+        captions = sorted({f"a {c} {s} {m}{tail}" for c in world.COLOURS for s in world.SHAPES for m in world.MOTIONS
+                           for tail in ("", " on a black background")})
+        tokens = encoder.tokenize(captions)
+        with torch.no_grad():
+            hidden = run_t5(encoder.t5, tokens.input_ids, tokens.attention_mask)
+        self.index = {caption: i for i, caption in enumerate(captions)}
+        self.hidden = hidden
+        self.mask = tokens.attention_mask.long()
+
+    def contexts(self, projection: nn.Module, captions: list[str], null_embedding: torch.Tensor,
+                 dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contexts and masks of ``captions``; the ``dropped`` ones are the null context (trains the guidance's
+        unconditional branch)."""
+        rows = torch.tensor([self.index[c] for c in captions])
+        context, mask = project_states(projection, self.hidden[rows], self.mask[rows])
+        null_context = torch.zeros_like(context)
+        null_context[:, 0] = null_embedding.to(context.dtype)
+        null_mask = torch.zeros_like(mask)
+        null_mask[:, 0] = 1
+        drop = dropped[:, None]
+        return torch.where(drop[..., None], null_context, context), torch.where(drop, null_mask, mask).bool()
+
+
+def _projections(models: Path) -> dict[str, TextProjection]:
+    return {name: projection.requires_grad_(True).train() for name, projection in
+            load_projections(models / FILES["projections"], "1.1").items()}
+
+
+def _write_projections(models: Path, projections: dict[str, TextProjection]) -> None:
+    content = {f"projection_{name}": {k: v.detach().cpu().contiguous() for k, v in projection.state_dict().items()}
+               for name, projection in projections.items()}
+    _atomic_save(content, models / FILES["projections"])
+
+
+def _atomic_save(content: Any, path: Path) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(content, partial)
+    partial.replace(path)
+
+
+def _load(models: Path, key: str) -> nn.Module:
+    return load_model(models / FILES[key], dtype=torch.float32).model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stages: each gives its trainable modules, the loss of one step and how to write the result
+
+
+@dataclass
+class Stage:
+    modules: dict[str, nn.Module]
+    parameters: list[nn.Parameter]
+    loss: Callable[[torch.Generator, int], torch.Tensor]
+    write: Callable[[], None]
+
+
+def _frames(scenes: list[world.Scene], times: list[float], size: int) -> torch.Tensor:
+    return torch.cat([world.render(scene, times, size) for scene in scenes])
+
+
+def _with_grad(method: Callable) -> Callable:
+    """A MoVQ method without its ``no_grad`` (inference) wrapper: the same computation, for training."""
+    return method.__wrapped__
+
+
+def _latents(movq: MoVQ, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return movq.encode(images)
+
+
+def _movq_stage(models: Path, plan: StagePlan) -> Stage:
+    movq = _load(models, "movq").train().requires_grad_(True)
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        size = 2 * VIDEO_SIZE if step % 4 == 3 else VIDEO_SIZE  # the first frame is decoded at twice the size
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
+        images = _frames(scenes, times, size)
+        latents = _with_grad(MoVQ.encode)(movq, images)
+        # unit-scale latents suit the diffusion schedules; noise on them makes the decoder forgiving
+        scale = (latents.pow(2).mean() - 1).pow(2)
+        noisy = latents + 0.1 * torch.randn(latents.shape, generator=generator)
+        decoded = _with_grad(MoVQ.decode)(movq, noisy)
+        return F.l1_loss(decoded, images) + F.mse_loss(decoded, images) + 0.01 * scale
+
+    def write() -> None:
+        _atomic_save({k: v.detach().contiguous() for k, v in movq.state_dict().items()}, models / FILES["movq"])
+
+    return Stage({"movq": movq}, list(movq.parameters()), loss, write)
+
+
+def _video_movq_stage(models: Path, plan: StagePlan) -> Stage:
+    image = _load(models, "movq").eval()
+    video = _load(models, "video_movq")
+    own = video.state_dict()
+    video.load_state_dict({**own, **{k: v for k, v in image.state_dict().items()
+                                     if k in own and own[k].shape == v.shape}})
+    for name, parameter in video.named_parameters():
+        parameter.requires_grad_(name.startswith("decoder."))
+    video.train()
+    clip = 4
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        start = float(torch.randint(KEYFRAMES - 1, (), generator=generator))
+        times = [start + i / 4 for i in range(clip)]  # consecutive frames of the interpolated video
+        images = _frames(scenes, times, VIDEO_SIZE)
+        latents = _latents(image, images)
+        decoded = torch.cat([_with_grad(MoVQ.decode)(video, part) for part in latents.split(clip)])
+        return F.l1_loss(decoded, images) + F.mse_loss(decoded, images)
+
+    def write() -> None:
+        _atomic_save({k: v.detach().contiguous() for k, v in video.state_dict().items()}, models / FILES["video_movq"])
+
+    return Stage({"video_movq": video}, [p for p in video.parameters() if p.requires_grad], loss, write)
+
+
+def _noised(schedule: K11Schedule, x: torch.Tensor, noise: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``x_t`` per sample at training steps ``steps`` (the 1000-step zero-terminal-SNR table)."""
+    ab = schedule.alphas_cumprod.to(x.dtype)[steps].reshape(-1, *([1] * (x.dim() - 1)))
+    return ab.sqrt() * x + (1 - ab).sqrt() * noise
+
+
+def _keyframe_file_extras(models: Path) -> dict[str, Any]:
+    content = torch.load(models / FILES["keyframe"], map_location="cpu", weights_only=True)
+    return {k: v for k, v in content.items() if k not in ("unet", "null_embedding")}
+
+
+def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
+    movq = _load(models, "movq").eval()
+    unet = _load(models, "keyframe").train().requires_grad_(True)
+    for _, parameter in temporal_parameters(unet):
+        parameter.requires_grad_(False)
+    unet.in_layer.requires_grad_(False)
+    projections = _projections(models)
+    captions = Captions(models)
+    schedule = K11Schedule(50, spacing="leading", prediction="epsilon")
+    extras = _keyframe_file_extras(models)
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        size = 2 * VIDEO_SIZE if step % 2 == 0 else VIDEO_SIZE  # the first frame's size, and the video's
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
+        latents = _latents(movq, _frames(scenes, times, size))
+        steps = torch.randint(0, schedule.num_train_timesteps, (len(scenes),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
+        context, mask = captions.contexts(projections["base"], [s.caption for s in scenes], unet.null_embedding,
+                                          dropped)
+        zeros = torch.zeros(latents.shape[0], unet.config.num_channels - 4, *latents.shape[2:])
+        inputs = torch.cat([_noised(schedule, latents, noise, steps), zeros], 1)
+        return F.mse_loss(unet.forward_image(inputs, steps.float(), context, mask), noise)
+
+    def write() -> None:
+        save_checkpoint(unet, extras, models / FILES["keyframe"])
+        _write_projections(models, projections)
+
+    trainable = [p for p in unet.parameters() if p.requires_grad] + list(projections["base"].parameters())
+    return Stage({"unet": unet, "projection_base": projections["base"]}, trainable, loss, write)
+
+
+def _keyframes_stage(models: Path, plan: StagePlan) -> Stage:
+    from ..training import KeyframeObjective11
+
+    movq = _load(models, "movq").eval()
+    unet = _load(models, "keyframe").train().requires_grad_(False)
+    trainable = [p for _, p in temporal_parameters(unet)] + list(unet.in_layer.parameters())
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    projection = _projections(models)["base"].requires_grad_(False)
+    captions = Captions(models)
+    official = OFFICIAL["1.1"]
+    settings = TrainingConfig(Path(), Path(), Path(), noise_augmentation=official.noise_augmentation,
+                              motion_score=MOTION_SCORES[official.motion])
+    extras = _keyframe_file_extras(models)
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        latents = _latents(movq, _frames(scenes, world.keyframe_times(KEYFRAMES), VIDEO_SIZE))
+        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
+        context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
+        objective = KeyframeObjective11(settings, generator)
+        return objective.loss(unet, latents, context.repeat_interleave(KEYFRAMES, 0),
+                              mask.repeat_interleave(KEYFRAMES, 0), KEYFRAMES)
+
+    def write() -> None:
+        save_checkpoint(unet, extras, models / FILES["keyframe"])
+
+    return Stage({"unet": unet}, trainable, loss, write)
+
+
+def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
+    movq = _load(models, "movq").eval()
+    unet = _load(models, "interpolation").train().requires_grad_(True)
+    projections = _projections(models)
+    captions = Captions(models)
+    schedule = K11Schedule(10, spacing="trailing", prediction="v_prediction")
+    extras = {k: v for k, v in torch.load(models / FILES["interpolation"], map_location="cpu",
+                                          weights_only=True).items() if k not in ("unet", "null_embedding")}
+    pairs = 2  # frame pairs per scene and step
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        groups = []
+        for scene in scenes:
+            start = int(torch.randint(KEYFRAMES - pairs, (), generator=generator))
+            times = [start + j / 4 for j in range(4 * pairs + 1)]
+            groups.append(_latents(movq, world.render(scene, times, VIDEO_SIZE)))
+        latents = torch.stack(groups)  # (scenes, 4 pairs + 1, 4, h, w)
+        keyframes = latents[:, ::4]
+        # the 3 new frames of each pair side by side in channels, as the interpolation U-Net takes them
+        between = torch.stack([latents[:, 4 * p + 1:4 * p + 4].flatten(1, 2) for p in range(pairs)], 1)
+        x0 = between.flatten(0, 1)  # (scenes * pairs, 12, h, w)
+        count = x0.shape[0]
+        steps = torch.randint(0, schedule.num_train_timesteps, (count,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        ab = schedule.alphas_cumprod.float()[steps].reshape(-1, 1, 1, 1)
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
+        context, mask = captions.contexts(projections["interpolation"], [s.caption for s in scenes],
+                                          unet.null_embedding, dropped)
+        keep = (~dropped).float().repeat_interleave(pairs)
+        left = keyframes[:, :-1].flatten(0, 1) * keep[:, None, None, None]
+        right = keyframes[:, 1:].flatten(0, 1) * keep[:, None, None, None]
+        inputs = torch.cat([left, _noised(schedule, x0, noise, steps), right], 1)
+        skips = torch.full((count,), skip_frames(1), dtype=torch.int32)
+        perturbation = torch.zeros(count, dtype=torch.int32)
+        prediction = unet(inputs, steps.float(), context.repeat_interleave(pairs, 0),
+                          mask.repeat_interleave(pairs, 0), skips, pairs, perturbation, keep)
+        return F.mse_loss(prediction.float(), target)
+
+    def write() -> None:
+        save_checkpoint(unet, extras, models / FILES["interpolation"])
+        _write_projections(models, projections)
+
+    trainable = list(unet.parameters()) + list(projections["interpolation"].parameters())
+    return Stage({"unet": unet, "projection_interpolation": projections["interpolation"]}, trainable, loss, write)
+
+
+BUILDERS: dict[str, Callable[[Path, StagePlan], Stage]] = {
+    "movq": _movq_stage, "video_movq": _video_movq_stage, "first_frame": _first_frame_stage,
+    "keyframes": _keyframes_stage, "interpolation": _interpolation_stage,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the resumable loop
+
+
+def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = None, seed: int = 0,
+                save_every: int = 100, time_limit: float | None = None, on_step: OnStep | None = None) -> StageResult:
+    """Train ``stage`` (continuing from ``<work>/<stage>.state.pt``) until its step count or ``time_limit``
+    seconds; writes the stage's model files into ``models`` when it completes."""
+    if stage not in BUILDERS:
+        raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
+    torch.manual_seed(seed)
+    models, work = Path(models), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    initial_models(models, seed)
+    plan = PLANS[stage] if steps is None else StagePlan(steps, PLANS[stage].batch, PLANS[stage].learning_rate,
+                                                        min(PLANS[stage].warmup, max(1, steps // 10)))
+    built = BUILDERS[stage](models, plan)
+    optimizer = torch.optim.AdamW(built.parameters, lr=plan.learning_rate, weight_decay=0.0)
+    state_path = work / f"{stage}.state.pt"
+    step, losses = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        for name, module in built.modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = int(state["step"]), list(state["losses"])
+
+    def save() -> None:
+        _atomic_save({"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
+                      "modules": {n: m.state_dict() for n, m in built.modules.items()}}, state_path)
+
+    started = time.monotonic()
+    while step < plan.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(plan, step)
+        loss = built.loss(step_generator(seed, stage, step), step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(built.parameters, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(stage, step, plan.steps, losses[-1])
+        out_of_time = time_limit is not None and time.monotonic() - started > time_limit
+        if step % save_every == 0 or out_of_time or step == plan.steps:
+            save()
+        if out_of_time:
+            break
+    done = step >= plan.steps
+    if done:
+        for module in built.modules.values():
+            module.eval()
+        built.write()
+    return StageResult(stage, step, done, time.monotonic() - started, losses)
+

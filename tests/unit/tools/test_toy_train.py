@@ -1,0 +1,54 @@
+"""Training the toy models resumes exactly where it stopped, writes files the official loaders read, and toy-eval
+scores what it is shown."""
+
+from __future__ import annotations
+
+import torch
+
+from fusionframes.io.checkpoints import load_model
+from fusionframes.tools.toy.evaluate import parse_prompt, score_video, summary
+from fusionframes.tools.toy.train import FILES, train_stage
+from fusionframes.tools.toy.world import interpolated_times, random_scene, render, scene_generator
+
+
+def test_a_stage_stopped_every_step_trains_exactly_as_one_run(tmp_path):
+    whole = train_stage("interpolation", tmp_path / "a" / "models", tmp_path / "a" / "work", steps=3)
+    pieces, calls = None, 0
+    while pieces is None or not pieces.done:
+        pieces = train_stage("interpolation", tmp_path / "b" / "models", tmp_path / "b" / "work", steps=3,
+                             time_limit=0.0)  # stops (and saves) after every step
+        calls += 1
+    assert calls == 3 and whole.done
+    assert pieces.losses == whole.losses
+    first = load_model(tmp_path / "a" / "models" / FILES["interpolation"], expected_kind="interpolation")
+    second = load_model(tmp_path / "b" / "models" / FILES["interpolation"], expected_kind="interpolation")
+    assert first.release == "1.1"
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    untouched = load_model(tmp_path / "a" / "models" / FILES["keyframe"], expected_kind="keyframe")
+    assert untouched.release == "1.1"  # the other files: the starting point, in the official layout too
+
+
+def test_toy_eval_scores_the_world_itself_as_perfect():
+    scores = []
+    for index, (colour, shape, motion) in enumerate([("red", "circle", "moving right"), ("blue", "triangle",
+                                                                                         "moving up")]):
+        scene = random_scene(scene_generator(5, index), keyframes=6, colour=colour, shape=shape, motion=motion)
+        frames = render(scene, interpolated_times(6), size=64)
+        scores.append(score_video(scene.caption, 0, frames, step=4))
+    result = summary(scores)
+    assert result["colour_accuracy"] == result["shape_accuracy"] == result["direction_accuracy"] == 1.0
+    assert result["in_between_error_px"] < 0.3 and result["jitter_px"] < 0.3 and result["area_change"] < 0.02
+
+
+def test_toy_eval_sees_a_wrong_direction_and_a_still_video():
+    scene = random_scene(scene_generator(6, 0), keyframes=6, colour="green", shape="square", motion="moving left")
+    frames = render(scene, interpolated_times(6), size=64)
+    backwards = score_video("a green square moving right", 0, frames, step=4)
+    still = score_video("a green square moving left", 0, frames[:1].expand(len(frames), -1, -1, -1), step=4)
+    wrong_colour = score_video("a white square moving left", 0, frames, step=4)
+    assert not backwards.direction_ok and backwards.colour_ok and backwards.shape_ok
+    assert not still.direction_ok and still.in_between_error is not None and still.in_between_error < 1e-6
+    assert not wrong_colour.colour_ok
+    assert parse_prompt("a red circle moving up on a black background") == ("red", "circle", "moving up")
+    assert summary([still])["jitter_px"] == 0.0
