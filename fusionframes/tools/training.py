@@ -298,13 +298,15 @@ OBJECTIVES: dict[str, type[KeyframeObjective]] = {"1.0": KeyframeObjective10, "1
 # checkpoints and the loop
 
 
-def save_checkpoint(unet: torch.nn.Module, extras: dict[str, Any], path: Path) -> Path:
+def save_checkpoint(unet: torch.nn.Module, extras: dict[str, Any], path: Path,
+                    dtype: torch.dtype | None = None) -> Path:
     """The official keyframe layout: ``{'unet': state_dict, 'null_embedding', ...extras of the source file}``,
-    written through a temporary file so an interrupted save never leaves half a checkpoint."""
+    written through a temporary file so an interrupted save never leaves half a checkpoint. ``dtype``: the U-Net
+    weights' (1.1's files hold float16; the null embedding stays float32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    content = {**extras, "unet": {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
-               "null_embedding": unet.null_embedding.detach().cpu()}
+    weights = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in unet.state_dict().items()}
+    content = {**extras, "unet": weights, "null_embedding": unet.null_embedding.detach().float().cpu()}
     partial = path.with_name(f".{path.name}.partial")
     torch.save(content, partial)
     partial.replace(path)

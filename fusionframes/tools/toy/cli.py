@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import torch
+
 #: where the committed toy models live (relative to the repository root, where the commands run)
 TOY_MODELS = "toy_models"
+#: per trained stage: steps, seconds (over all resumed runs), seed, final loss (mean of the last 50 steps)
+RECORD = "training.json"
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,20 +26,30 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of the stage (default: its plan)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="stop (resumably) after this long; the same command continues")
+    parser.add_argument("--variant", default=None,
+                        help="with --stage keyframes: train this temporal variant (Conv1dAttn1dBlocks, "
+                             "Conv1dAttn3dBlocks, Conv3dAttn1dBlocks, Conv1dAttn1dLayers) or the 'none' baseline "
+                             "into <models>/variants/<variant>/ (the paper's Table 1 in miniature)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train the stages not yet recorded in ``<models>/training.json`` (one stage: train it, recorded or not)."""
     from .train import STAGES, train_stage
 
     models, work = Path(args.models), Path(args.work)
+    record_path = models / RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     stages = STAGES if args.stage == "all" else (args.stage,)
+    if args.variant is not None and args.stage != "keyframes":
+        print("error: --variant goes with --stage keyframes", file=sys.stderr)
+        return 2
     started = time.monotonic()
     for stage in stages:
-        marker = work / f"{stage}.done"
-        if args.stage == "all" and marker.is_file():
-            print(f"{stage}: done before ({marker.read_text().strip()})")
+        name = stage if args.variant is None else f"{stage}/{args.variant}"
+        if args.stage == "all" and name in record:
+            print(f"{name}: trained before ({record[name]['steps']} steps, {record[name]['seconds']:.0f} s)")
             continue
         left = None if args.time_limit is None else args.time_limit - (time.monotonic() - started)
         if left is not None and left <= 0:
@@ -45,14 +60,19 @@ def run_train(args: argparse.Namespace) -> int:
             if step % args.log_every == 0 or step == total:
                 print(f"{name} {step}/{total} loss {loss:.5f}", flush=True)
 
-        result = train_stage(stage, models, work, steps=args.steps, seed=args.seed, time_limit=left, on_step=report)
+        result = train_stage(stage, models, work, steps=args.steps, seed=args.seed, time_limit=left, on_step=report,
+                             variant=args.variant)
         if not result.done:
-            print(f"{stage}: stopped at step {result.steps} (time limit); the same command continues")
+            print(f"{name}: stopped at step {result.steps} (time limit); the same command continues")
             return 0
-        summary = f"{result.steps} steps, last loss {result.losses[-1]:.5f}, {result.seconds:.0f} s in the last run"
-        work.mkdir(parents=True, exist_ok=True)
-        marker.write_text(summary + "\n")
-        print(f"{stage}: {summary}; written to {models}")
+        tail = result.losses[-50:]
+        record[name] = {"steps": result.steps, "seconds": round(result.seconds), "seed": args.seed,
+                        "final_loss": sum(tail) / len(tail), "threads": torch.get_num_threads()}
+        partial = record_path.with_name(f".{RECORD}.partial")
+        partial.write_text(json.dumps(record, indent=1) + "\n")
+        partial.replace(record_path)
+        print(f"{name}: {result.steps} steps in {result.seconds:.0f} s, final loss {record[name]['final_loss']:.5f}; "
+              f"written to {models}")
     return 0
 
 

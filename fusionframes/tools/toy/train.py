@@ -7,11 +7,12 @@ real checkpoints. Stages, in order (each reads what the earlier ones wrote into 
     movq           the image MoVQ: reconstruction of 64 and 128 px frames (latents kept near unit scale)
     video_movq     the temporal MoVQ: its decoder from the image MoVQ's, its temporal layers on clips
     first_frame    text projection + keyframe U-Net in image mode (the first frame at twice the video's size), eps
-    keyframes      the keyframe U-Net in video mode: temporal layers, temporal embeddings and its input layer; the
-                   text-to-image part stays frozen, as in the paper
+    keyframes      the keyframe U-Net in video mode on fresh temporal blocks, every parameter (the paper froze the
+                   text-to-image part; here the motion words must reach the video through it), image-mode batches
+                   in between; ``variant``: one of the paper's other designs, or the baseline without temporal blocks
     interpolation  the interpolation projection + interpolation U-Net (3 frames between each pair of keyframes), v
 
-Every ``save_every`` steps (and when the time limit is reached) a stage's models, optimiser and losses go to
+Every ``save_every`` steps (and when the time limit is reached) a stage's models, optimiser, losses and time go to
 ``<work>/<stage>.state.pt``; running the stage again continues from there. The data of step ``s`` is drawn from
 (seed, stage, s) alone, so a resumed run trains exactly as an uninterrupted one.
 """
@@ -33,9 +34,10 @@ from torch import nn
 
 from ...io.checkpoints import load_model
 from ...models.movq.model import MoVQ
-from ...models.temporal.selection import temporal_parameters
+from ...models.temporal.selection import VARIANTS, fresh_variant, temporal_parameters, with_strength
 from ...models.text.encoder import TextEncoder, project_states, run_t5
 from ...models.text.projections import TextProjection, load_projections
+from ...models.unet.keyframe import TemporalStrength
 from ...releases import MOTION_SCORES, OFFICIAL, skip_frames
 from ...sampling.schedules import K11Schedule
 from ..demo_models import TOKENS_LENGTH, create_demo_models
@@ -46,6 +48,8 @@ STAGES = ("movq", "video_movq", "first_frame", "keyframes", "interpolation")
 #: the files of the trained set, relative to the models folder (the official 1.1 names)
 FILES = {"movq": "k11/movq.pt", "video_movq": "k11/video_movq.pt", "keyframe": "k11/t2v.pt",
          "interpolation": "k11/interpolation.pt", "projections": "k11/t5_projections.pt"}
+#: the paper's baseline: keyframes with the temporal blocks switched off
+BASELINE = "none"
 VIDEO_SIZE = 64
 KEYFRAMES = 8
 TEXT_DROPOUT = 0.1
@@ -76,7 +80,7 @@ class StageResult:
     stage: str
     steps: int
     done: bool
-    seconds: float
+    seconds: float  # training time of the whole stage so far, over all resumed runs
     losses: list[float] = field(default_factory=list)
 
 
@@ -163,6 +167,12 @@ def _atomic_save(content: Any, path: Path) -> None:
     partial.replace(path)
 
 
+def _half(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A MoVQ's flat state dict in float16 (half the size to commit; the loaders compute in the dtype they are
+    asked for, float32 by default)."""
+    return {k: v.detach().half().contiguous() for k, v in module.state_dict().items()}
+
+
 def _load(models: Path, key: str) -> nn.Module:
     return load_model(models / FILES[key], dtype=torch.float32).model
 
@@ -209,7 +219,7 @@ def _movq_stage(models: Path, plan: StagePlan) -> Stage:
         return F.l1_loss(decoded, images) + F.mse_loss(decoded, images) + 0.01 * scale
 
     def write() -> None:
-        _atomic_save({k: v.detach().contiguous() for k, v in movq.state_dict().items()}, models / FILES["movq"])
+        _atomic_save(_half(movq), models / FILES["movq"])
 
     return Stage({"movq": movq}, list(movq.parameters()), loss, write)
 
@@ -235,7 +245,7 @@ def _video_movq_stage(models: Path, plan: StagePlan) -> Stage:
         return F.l1_loss(decoded, images) + F.mse_loss(decoded, images)
 
     def write() -> None:
-        _atomic_save({k: v.detach().contiguous() for k, v in video.state_dict().items()}, models / FILES["video_movq"])
+        _atomic_save(_half(video), models / FILES["video_movq"])
 
     return Stage({"video_movq": video}, [p for p in video.parameters() if p.requires_grad], loss, write)
 
@@ -251,6 +261,27 @@ def _keyframe_file_extras(models: Path) -> dict[str, Any]:
     return {k: v for k, v in content.items() if k not in ("unet", "null_embedding")}
 
 
+def _first_frame_loss(movq: MoVQ, unet: nn.Module, projection: nn.Module, captions: Captions,
+                      plan: StagePlan) -> Callable[[torch.Generator, int], torch.Tensor]:
+    """Image mode, eps: single frames at twice the video's size (the first frame) and at the video's size."""
+    schedule = K11Schedule(50, spacing="leading", prediction="epsilon")
+
+    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        size = 2 * VIDEO_SIZE if step % 2 == 0 else VIDEO_SIZE
+        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
+        times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
+        latents = _latents(movq, _frames(scenes, times, size))
+        steps = torch.randint(0, schedule.num_train_timesteps, (len(scenes),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
+        context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
+        zeros = torch.zeros(latents.shape[0], unet.config.num_channels - 4, *latents.shape[2:])
+        inputs = torch.cat([_noised(schedule, latents, noise, steps), zeros], 1)
+        return F.mse_loss(unet.forward_image(inputs, steps.float(), context, mask), noise)
+
+    return loss
+
+
 def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
     movq = _load(models, "movq").eval()
     unet = _load(models, "keyframe").train().requires_grad_(True)
@@ -258,60 +289,57 @@ def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
         parameter.requires_grad_(False)
     unet.in_layer.requires_grad_(False)
     projections = _projections(models)
-    captions = Captions(models)
-    schedule = K11Schedule(50, spacing="leading", prediction="epsilon")
     extras = _keyframe_file_extras(models)
-
-    def loss(generator: torch.Generator, step: int) -> torch.Tensor:
-        size = 2 * VIDEO_SIZE if step % 2 == 0 else VIDEO_SIZE  # the first frame's size, and the video's
-        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
-        times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
-        latents = _latents(movq, _frames(scenes, times, size))
-        steps = torch.randint(0, schedule.num_train_timesteps, (len(scenes),), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
-        context, mask = captions.contexts(projections["base"], [s.caption for s in scenes], unet.null_embedding,
-                                          dropped)
-        zeros = torch.zeros(latents.shape[0], unet.config.num_channels - 4, *latents.shape[2:])
-        inputs = torch.cat([_noised(schedule, latents, noise, steps), zeros], 1)
-        return F.mse_loss(unet.forward_image(inputs, steps.float(), context, mask), noise)
+    loss = _first_frame_loss(movq, unet, projections["base"], Captions(models), plan)
 
     def write() -> None:
-        save_checkpoint(unet, extras, models / FILES["keyframe"])
+        save_checkpoint(unet, extras, models / FILES["keyframe"], torch.float16)
         _write_projections(models, projections)
 
     trainable = [p for p in unet.parameters() if p.requires_grad] + list(projections["base"].parameters())
     return Stage({"unet": unet, "projection_base": projections["base"]}, trainable, loss, write)
 
 
-def _keyframes_stage(models: Path, plan: StagePlan) -> Stage:
+def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None) -> Stage:
+    """Video mode on fresh (zero-output) temporal blocks of ``variant`` (default: the released one; "none": the
+    temporal blocks switched off, the paper's baseline), over the first-frame stage's U-Net. Every parameter learns
+    (the motion words must reach the video through the text layers), with an image-mode batch every 4th step so
+    the first frame stays as it was trained; the result goes to ``k11/t2v.pt``, or for a variant to
+    ``variants/<variant>/t2v.pt``."""
     from ..training import KeyframeObjective11
 
     movq = _load(models, "movq").eval()
-    unet = _load(models, "keyframe").train().requires_grad_(False)
-    trainable = [p for _, p in temporal_parameters(unet)] + list(unet.in_layer.parameters())
-    for parameter in trainable:
-        parameter.requires_grad_(True)
+    loaded = _load(models, "keyframe")
+    design = VARIANTS[0] if variant in (None, BASELINE) else variant
+    unet = fresh_variant(loaded, design).train().requires_grad_(True)
+    view = with_strength(unet, TemporalStrength(0.0, 0.0)) if variant == BASELINE else unet
     projection = _projections(models)["base"].requires_grad_(False)
     captions = Captions(models)
     official = OFFICIAL["1.1"]
     settings = TrainingConfig(Path(), Path(), Path(), noise_augmentation=official.noise_augmentation,
                               motion_score=MOTION_SCORES[official.motion])
     extras = _keyframe_file_extras(models)
+    image_loss = _first_frame_loss(movq, unet, projection, captions, plan)
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
+        if step % 4 == 3:
+            return image_loss(generator, step)
         scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
         latents = _latents(movq, _frames(scenes, world.keyframe_times(KEYFRAMES), VIDEO_SIZE))
         dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
         context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
         objective = KeyframeObjective11(settings, generator)
-        return objective.loss(unet, latents, context.repeat_interleave(KEYFRAMES, 0),
+        return objective.loss(view, latents, context.repeat_interleave(KEYFRAMES, 0),
                               mask.repeat_interleave(KEYFRAMES, 0), KEYFRAMES)
 
-    def write() -> None:
-        save_checkpoint(unet, extras, models / FILES["keyframe"])
+    target = models / FILES["keyframe"] if variant is None else models / "variants" / variant / "t2v.pt"
 
-    return Stage({"unet": unet}, trainable, loss, write)
+    def write() -> None:
+        save_checkpoint(unet, extras, target, torch.float16)
+        if variant is not None:
+            shutil.copyfile(models / "k11" / "configs.json", target.parent / "configs.json")
+
+    return Stage({"unet": unet}, [p for p in unet.parameters() if p.requires_grad], loss, write)
 
 
 def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
@@ -355,7 +383,7 @@ def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
         return F.mse_loss(prediction.float(), target)
 
     def write() -> None:
-        save_checkpoint(unet, extras, models / FILES["interpolation"])
+        save_checkpoint(unet, extras, models / FILES["interpolation"], torch.float16)
         _write_projections(models, projections)
 
     trainable = list(unet.parameters()) + list(projections["interpolation"].parameters())
@@ -373,30 +401,35 @@ BUILDERS: dict[str, Callable[[Path, StagePlan], Stage]] = {
 
 
 def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = None, seed: int = 0,
-                save_every: int = 100, time_limit: float | None = None, on_step: OnStep | None = None) -> StageResult:
+                save_every: int = 100, time_limit: float | None = None, on_step: OnStep | None = None,
+                variant: str | None = None) -> StageResult:
     """Train ``stage`` (continuing from ``<work>/<stage>.state.pt``) until its step count or ``time_limit``
-    seconds; writes the stage's model files into ``models`` when it completes."""
+    seconds; writes the stage's model files into ``models`` when it completes. ``variant`` (keyframes only): train
+    that temporal variant (or the "none" baseline) into ``variants/<variant>/`` instead of the main model."""
     if stage not in BUILDERS:
         raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
+    if variant is not None and (stage != "keyframes" or variant not in (*VARIANTS, BASELINE)):
+        raise ValueError(f"variants are trained in the keyframes stage: one of {', '.join((*VARIANTS, BASELINE))}.")
     torch.manual_seed(seed)
     models, work = Path(models), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     initial_models(models, seed)
     plan = PLANS[stage] if steps is None else StagePlan(steps, PLANS[stage].batch, PLANS[stage].learning_rate,
                                                         min(PLANS[stage].warmup, max(1, steps // 10)))
-    built = BUILDERS[stage](models, plan)
+    built = _keyframes_stage(models, plan, variant) if variant is not None else BUILDERS[stage](models, plan)
     optimizer = torch.optim.AdamW(built.parameters, lr=plan.learning_rate, weight_decay=0.0)
-    state_path = work / f"{stage}.state.pt"
-    step, losses = 0, []
+    state_path = work / (f"{stage}.state.pt" if variant is None else f"{stage}.{variant}.state.pt")
+    step, losses, before = 0, [], 0.0
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         for name, module in built.modules.items():
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
-        step, losses = int(state["step"]), list(state["losses"])
+        step, losses, before = int(state["step"]), list(state["losses"]), float(state.get("seconds", 0.0))
 
     def save() -> None:
         _atomic_save({"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
+                      "seconds": before + time.monotonic() - started,
                       "modules": {n: m.state_dict() for n, m in built.modules.items()}}, state_path)
 
     started = time.monotonic()
@@ -422,5 +455,5 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
         for module in built.modules.values():
             module.eval()
         built.write()
-    return StageResult(stage, step, done, time.monotonic() - started, losses)
+    return StageResult(stage, step, done, before + time.monotonic() - started, losses)
 
