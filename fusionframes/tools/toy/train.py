@@ -10,7 +10,8 @@ real checkpoints. Stages, in order (each reads what the earlier ones wrote into 
     keyframes      the keyframe U-Net in video mode on fresh temporal blocks, every parameter (the paper froze the
                    text-to-image part; here the motion words must reach the video through it), image-mode batches
                    in between; ``variant``: one of the paper's other designs, or the baseline without temporal blocks
-    interpolation  the interpolation projection + interpolation U-Net (3 frames between each pair of keyframes), v
+    interpolation  the interpolation U-Net (3 frames between each pair of keyframes), v, on the base projection's
+                   context as the official 1.1 pipeline gives it
 
 Every ``save_every`` steps (and when the time limit is reached) a stage's models, optimiser, losses and time go to
 ``<work>/<stage>.state.pt``; running the stage again continues from there. The data of step ``s`` is drawn from
@@ -345,7 +346,9 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None) 
 def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
     movq = _load(models, "movq").eval()
     unet = _load(models, "interpolation").train().requires_grad_(True)
-    projections = _projections(models)
+    # the official 1.1 pipeline gives the interpolation the base projection's context (its interpolation projection
+    # is loaded but never used), so that is what this U-Net learns to read; the projection stays as trained
+    projection = _projections(models)["base"].requires_grad_(False)
     captions = Captions(models)
     schedule = K11Schedule(10, spacing="trailing", prediction="v_prediction")
     extras = {k: v for k, v in torch.load(models / FILES["interpolation"], map_location="cpu",
@@ -370,8 +373,7 @@ def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
         ab = schedule.alphas_cumprod.float()[steps].reshape(-1, 1, 1, 1)
         target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
         dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
-        context, mask = captions.contexts(projections["interpolation"], [s.caption for s in scenes],
-                                          unet.null_embedding, dropped)
+        context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
         keep = (~dropped).float().repeat_interleave(pairs)
         left = keyframes[:, :-1].flatten(0, 1) * keep[:, None, None, None]
         right = keyframes[:, 1:].flatten(0, 1) * keep[:, None, None, None]
@@ -384,10 +386,8 @@ def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
 
     def write() -> None:
         save_checkpoint(unet, extras, models / FILES["interpolation"], torch.float16)
-        _write_projections(models, projections)
 
-    trainable = list(unet.parameters()) + list(projections["interpolation"].parameters())
-    return Stage({"unet": unet, "projection_interpolation": projections["interpolation"]}, trainable, loss, write)
+    return Stage({"unet": unet}, list(unet.parameters()), loss, write)
 
 
 BUILDERS: dict[str, Callable[[Path, StagePlan], Stage]] = {
