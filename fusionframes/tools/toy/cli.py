@@ -84,17 +84,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="1,2", help="comma-separated seeds")
     parser.add_argument("--fps", choices=["low", "medium", "high"], default="medium")
     parser.add_argument("--keyframes", type=int, default=8)
-    parser.add_argument("--temporal-variant", default="auto", help="the keyframe model's temporal blocks")
+    parser.add_argument("--variant", default=None,
+                        help="evaluate a trained variant (<models>/variants/<variant>/t2v.pt) instead of the main "
+                             "keyframe model; 'none': the baseline, its temporal blocks off")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import PROMPTS, run_eval
+    from .train import BASELINE
 
     models = Path(args.models)
     seeds = tuple(int(seed) for seed in args.seeds.split(","))
-    temporal = None if args.temporal_variant == "auto" else {"variant": args.temporal_variant}
+    keyframe = None if args.variant is None else models / "variants" / args.variant / "t2v.pt"
+    if keyframe is not None and not keyframe.is_file():
+        print(f"error: no trained variant {args.variant!r} at {keyframe}; train it with "
+              f"'python -m fusionframes toy-train --stage keyframes --variant {args.variant}'", file=sys.stderr)
+        return 2
+    temporal = {"conv_strength": 0.0, "attention_strength": 0.0} if args.variant == BASELINE else None
     result = run_eval(models / "k11", models / "text_encoder", Path(args.out), tuple(args.prompt or PROMPTS), seeds,
-                      args.fps, args.keyframes, temporal=temporal)
+                      args.fps, args.keyframes, temporal=temporal, keyframe=keyframe)
     print(json.dumps(result["summary"], indent=1))
     print(f"details: {Path(args.out) / 'toy_eval.json'}; contact sheet: {Path(args.out) / 'toy_eval.png'}")
     return 0

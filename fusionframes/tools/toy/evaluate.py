@@ -147,16 +147,30 @@ def contact_sheet(videos: list[tuple[str, torch.Tensor]], path: Path, step: int,
     return path
 
 
+def with_keyframe_model(models: Path, keyframe: Path, scratch: Path) -> Path:
+    """A models folder like ``models`` whose keyframe model is ``keyframe`` (links, nothing copied)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    for entry in models.iterdir():
+        link = scratch / entry.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to((keyframe if entry.name == "t2v.pt" else entry).resolve())
+    return scratch
+
+
 def run_eval(models: Path, text_encoder: Path, out: Path, prompts: tuple[str, ...] = PROMPTS,
              seeds: tuple[int, ...] = SEEDS, fps: str = "medium", keyframes: int = 8, size: int = 64,
-             temporal: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generate and score every (prompt, seed); writes ``<out>/toy_eval.json`` and ``<out>/toy_eval.png``."""
+             temporal: dict[str, Any] | None = None, keyframe: Path | None = None) -> dict[str, Any]:
+    """Generate and score every (prompt, seed); writes ``<out>/toy_eval.json`` and ``<out>/toy_eval.png``.
+    ``keyframe``: another keyframe model file (a trained variant) in place of ``models/t2v.pt``."""
     from ...releases import FPS_PASSES
     from ...runtime.pipeline import VideoPipeline
     from ...runtime.sequencer import VideoRequest
 
     for prompt in prompts:
         parse_prompt(prompt)
+    if keyframe is not None:
+        models = with_keyframe_model(models, keyframe, out / "models")
     pipeline = VideoPipeline.from_folder(models, text_encoder, device="cpu", temporal=temporal)
     step = 4 ** FPS_PASSES[fps]  # each interpolation pass puts 3 frames between every two
     scores, videos = [], []
