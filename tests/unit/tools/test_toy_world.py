@@ -71,3 +71,12 @@ def test_interpolated_frames_lie_at_quarter_steps_between_the_keyframes():
     times = interpolated_times(3)
     assert times == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     assert len(interpolated_times(8)) == 4 * 8 - 3
+
+
+def test_the_detector_reads_shapes_through_a_decoder_like_blur():
+    blur = torch.nn.functional.avg_pool2d
+    for index in range(45):
+        scene = random_scene(scene_generator(4, index), keyframes=5, shape=SHAPES[index % 3])
+        frame = render(scene, [2.0], size=64)
+        soft = blur(frame, 3, stride=1, padding=1, count_include_pad=False)[0]
+        assert detect(soft).shape == scene.shape, scene
