@@ -106,8 +106,10 @@ def draw_scenes(generator: torch.Generator, count: int, keyframes: int) -> list[
 
 
 def initial_models(models: Path, seed: int = 0) -> None:
-    """The starting point: the demo models' random weights and configs (and their tiny T5, which stays frozen)."""
-    if (models / "k11" / "configs.json").is_file() and (models / "text_encoder" / "config.json").is_file():
+    """The starting point of every file not there yet: the demo models' random weights and configs (and their tiny
+    T5, which stays frozen). Files already there (trained, or committed) are kept."""
+    wanted = ["k11/configs.json", *FILES.values(), "text_encoder/config.json"]
+    if all((models / relative).is_file() for relative in wanted):
         return
     scratch = models.parent / f".{models.name}.init"
     create_demo_models(scratch, seed=seed)
