@@ -80,6 +80,10 @@ class Player {
   }
 
   next() {
+    if (!this.node.graph) {  // the node left the canvas (another workflow was opened)
+      this.stop();
+      return;
+    }
     if (!this.layout) return;
     this.index = (this.index + 1) % this.layout.frames;
     this.draw();
