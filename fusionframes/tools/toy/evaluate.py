@@ -28,12 +28,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from .detect import Detection, detect
-from .world import COLOURS, MOTIONS, SHAPES
+from .world import COLOURS, MOTIONS, SHAPES, caption, parse_caption
 
 #: default prompts: each colour, shape and motion at least twice
-PROMPTS = tuple(f"a {colour} {shape} {motion}" for colour, shape, motion in (
-    (colour, SHAPES[i % len(SHAPES)], list(MOTIONS)[i % len(MOTIONS)]) for i, colour in enumerate(
-        list(COLOURS) * 2)))
+PROMPTS = tuple(caption(colour, SHAPES[i % len(SHAPES)], list(MOTIONS)[i % len(MOTIONS)])
+                for i, colour in enumerate(list(COLOURS) * 2))
 SEEDS = (1, 2)
 MIN_TRAVEL = 2.0
 
@@ -52,16 +51,6 @@ class VideoScore:
     area_change: float
 
 
-def parse_prompt(prompt: str) -> tuple[str, str, str]:
-    """(colour, shape, motion) of a grammar prompt."""
-    words = prompt.removesuffix(" on a black background").split(" ", 3)
-    if len(words) != 4 or words[0] != "a" or words[1] not in COLOURS or words[2] not in SHAPES or \
-            words[3] not in MOTIONS:
-        raise ValueError(f"{prompt!r} is not a prompt of the toy grammar ('a <colour> <shape> <motion>': colours "
-                         f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; motions {', '.join(MOTIONS)}).")
-    return words[1], words[2], words[3]
-
-
 def _majority(values: list[str | None]) -> str | None:
     seen = [v for v in values if v is not None]
     return max(set(seen), key=seen.count) if seen else None
@@ -73,7 +62,7 @@ def _distance(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def score_video(prompt: str, seed: int, frames: torch.Tensor, step: int) -> VideoScore:
     """Score one video (T, 3, H, W) in [-1, 1] whose keyframes are every ``step``-th frame."""
-    colour, shape, motion = parse_prompt(prompt)
+    colour, shape, motion = parse_caption(prompt)
     found: list[Detection] = [detect(frame) for frame in frames]
     keys = found[::step]
     present = [d for d in keys if d.present]
@@ -168,7 +157,7 @@ def run_eval(models: Path, text_encoder: Path, out: Path, prompts: tuple[str, ..
     from ...runtime.sequencer import VideoRequest
 
     for prompt in prompts:
-        parse_prompt(prompt)
+        parse_caption(prompt)
     if keyframe is not None:
         models = with_keyframe_model(models, keyframe, out / "models")
     pipeline = VideoPipeline.from_folder(models, text_encoder, device="cpu", temporal=temporal)

@@ -130,8 +130,7 @@ class Captions:
     def __init__(self, models: Path) -> None:
         encoder = TextEncoder.load("1.1", models / "text_encoder", models / FILES["projections"],
                                    max_length=TOKENS_LENGTH)
-        captions = sorted({f"a {c} {s} {m}{tail}" for c in world.COLOURS for s in world.SHAPES for m in world.MOTIONS
-                           for tail in ("", " on a black background")})
+        captions = world.all_captions()
         tokens = encoder.tokenize(captions)
         with torch.no_grad():
             hidden = run_t5(encoder.t5, tokens.input_ids, tokens.attention_mask)

@@ -33,6 +33,7 @@ MOTIONS: dict[str, tuple[int, int]] = {
     "moving down": (0, 1),
 }
 BACKGROUND = (-1.0, -1.0, -1.0)
+BACKGROUND_PHRASE = " on a black background"
 SUPERSAMPLE = 4
 #: the shape's radius (half the side of a square), as a share of the frame side
 RADIUS = (0.11, 0.16)
@@ -55,14 +56,34 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        text = f"a {self.colour} {self.shape} {self.motion}"
-        return text + " on a black background" if self.background_phrase else text
+        return caption(self.colour, self.shape, self.motion, self.background_phrase)
 
     def centre(self, t: float) -> tuple[float, float]:
         """The shape's centre at time ``t`` (keyframe intervals), as shares of the frame side."""
         dx, dy = MOTIONS[self.motion]
         progress = self.travel * t / max(self.duration, 1e-9)
         return self.start[0] + dx * progress, self.start[1] + dy * progress
+
+
+def caption(colour: str, shape: str, motion: str, background_phrase: bool = False) -> str:
+    """The grammar: ``a <colour> <shape> <motion>``, optionally followed by the background phrase."""
+    return f"a {colour} {shape} {motion}" + (BACKGROUND_PHRASE if background_phrase else "")
+
+
+def all_captions() -> list[str]:
+    """Every caption of the grammar, sorted."""
+    return sorted(caption(colour, shape, motion, phrase)
+                  for colour in COLOURS for shape in SHAPES for motion in MOTIONS for phrase in (False, True))
+
+
+def parse_caption(text: str) -> tuple[str, str, str]:
+    """(colour, shape, motion) of a caption of the grammar, or an error listing its words."""
+    words = text.removesuffix(BACKGROUND_PHRASE).split(" ", 3)
+    if len(words) != 4 or words[0] != "a" or words[1] not in COLOURS or words[2] not in SHAPES or \
+            words[3] not in MOTIONS:
+        raise ValueError(f"{text!r} is not a prompt of the toy grammar ('a <colour> <shape> <motion>': colours "
+                         f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; motions {', '.join(MOTIONS)}).")
+    return words[1], words[2], words[3]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from fusionframes.io.checkpoints import load_model
-from fusionframes.tools.toy.evaluate import parse_prompt, score_video, summary
+from fusionframes.tools.toy.evaluate import score_video, summary
 from fusionframes.tools.toy.train import FILES, train_stage
-from fusionframes.tools.toy.world import interpolated_times, random_scene, render, scene_generator
+from fusionframes.tools.toy.world import interpolated_times, parse_caption, random_scene, render, scene_generator
 
 
 def test_a_stage_stopped_every_step_trains_exactly_as_one_run(tmp_path):
@@ -50,5 +50,5 @@ def test_toy_eval_sees_a_wrong_direction_and_a_still_video():
     assert not backwards.direction_ok and backwards.colour_ok and backwards.shape_ok
     assert not still.direction_ok and still.in_between_error is not None and still.in_between_error < 1e-6
     assert not wrong_colour.colour_ok
-    assert parse_prompt("a red circle moving up on a black background") == ("red", "circle", "moving up")
+    assert parse_caption("a red circle moving up on a black background") == ("red", "circle", "moving up")
     assert summary([still])["jitter_px"] == 0.0
