@@ -56,10 +56,6 @@ def _majority(values: list[str | None]) -> str | None:
     return max(set(seen), key=seen.count) if seen else None
 
 
-def _distance(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return math.hypot(a[0] - b[0], a[1] - b[1])
-
-
 def score_video(prompt: str, seed: int, frames: torch.Tensor, step: int) -> VideoScore:
     """Score one video (T, 3, H, W) in [-1, 1] whose keyframes are every ``step``-th frame."""
     colour, shape, motion = parse_caption(prompt)
@@ -86,7 +82,7 @@ def score_video(prompt: str, seed: int, frames: torch.Tensor, step: int) -> Vide
                     share = j / step
                     target = (left.centroid[0] + share * (right.centroid[0] - left.centroid[0]),
                               left.centroid[1] + share * (right.centroid[1] - left.centroid[1]))
-                    errors.append(_distance(middle.centroid, target))
+                    errors.append(math.dist(middle.centroid, target))
     areas = [d.area for d in found]
     changes = [abs(b - a) / max(a, b, 1e-6) for a, b in zip(areas, areas[1:])]
     seen = (_majority([d.colour for d in found]), _majority([d.shape for d in found]))

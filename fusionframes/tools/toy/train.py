@@ -36,6 +36,7 @@ from torch import nn
 from ...io.checkpoints import load_model
 from ...models.movq.model import MoVQ
 from ...models.temporal.selection import VARIANTS, fresh_variant, temporal_parameters, with_strength
+from ...models.text.condition import TextCondition
 from ...models.text.encoder import TextEncoder, project_states, run_t5
 from ...models.text.projections import TextProjection, load_projections
 from ...models.unet.keyframe import TemporalStrength
@@ -143,13 +144,11 @@ class Captions:
         """Contexts and masks of ``captions``; the ``dropped`` ones are the null context (trains the guidance's
         unconditional branch)."""
         rows = torch.tensor([self.index[c] for c in captions])
-        context, mask = project_states(projection, self.hidden[rows], self.mask[rows])
-        null_context = torch.zeros_like(context)
-        null_context[:, 0] = null_embedding.to(context.dtype)
-        null_mask = torch.zeros_like(mask)
-        null_mask[:, 0] = 1
+        text = TextCondition(*project_states(projection, self.hidden[rows], self.mask[rows]))
+        null = text.null(null_embedding)
         drop = dropped[:, None]
-        return torch.where(drop[..., None], null_context, context), torch.where(drop, null_mask, mask).bool()
+        return (torch.where(drop[..., None], null.context, text.context),
+                torch.where(drop, null.mask, text.mask).bool())
 
 
 def _projections(models: Path) -> dict[str, TextProjection]:
@@ -258,8 +257,9 @@ def _noised(schedule: K11Schedule, x: torch.Tensor, noise: torch.Tensor, steps: 
     return ab.sqrt() * x + (1 - ab).sqrt() * noise
 
 
-def _keyframe_file_extras(models: Path) -> dict[str, Any]:
-    content = torch.load(models / FILES["keyframe"], map_location="cpu", weights_only=True)
+def _file_extras(models: Path, key: str) -> dict[str, Any]:
+    """What a U-Net file holds besides its weights and null embedding (kept as it is when the file is rewritten)."""
+    content = torch.load(models / FILES[key], map_location="cpu", weights_only=True)
     return {k: v for k, v in content.items() if k not in ("unet", "null_embedding")}
 
 
@@ -291,7 +291,7 @@ def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
         parameter.requires_grad_(False)
     unet.in_layer.requires_grad_(False)
     projections = _projections(models)
-    extras = _keyframe_file_extras(models)
+    extras = _file_extras(models, "keyframe")
     loss = _first_frame_loss(movq, unet, projections["base"], Captions(models), plan)
 
     def write() -> None:
@@ -320,7 +320,7 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None) 
     official = OFFICIAL["1.1"]
     settings = TrainingConfig(Path(), Path(), Path(), noise_augmentation=official.noise_augmentation,
                               motion_score=MOTION_SCORES[official.motion])
-    extras = _keyframe_file_extras(models)
+    extras = _file_extras(models, "keyframe")
     image_loss = _first_frame_loss(movq, unet, projection, captions, plan)
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
@@ -352,8 +352,7 @@ def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
     projection = _projections(models)["base"].requires_grad_(False)
     captions = Captions(models)
     schedule = K11Schedule(10, spacing="trailing", prediction="v_prediction")
-    extras = {k: v for k, v in torch.load(models / FILES["interpolation"], map_location="cpu",
-                                          weights_only=True).items() if k not in ("unet", "null_embedding")}
+    extras = _file_extras(models, "interpolation")
     pairs = 2  # frame pairs per scene and step
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
