@@ -23,8 +23,8 @@ demo: $(STAMP)
 
 # The same pipeline without ComfyUI, through the engine's command line.
 demo-engine: $(STAMP)
-	$(PY) -m fusionframes demo --release 1.1 --fps medium --width 128 --height 128 --seed 7 \
-		--prompt "a red car drifting, 4k video" --out out/demo_t2v_medium.mp4
+	$(PY) -m fusionframes demo --release 1.1 --fps medium --width 64 --height 64 --keyframes 8 --seed 7 \
+		--prompt "a red circle moving right" --out out/demo_t2v_medium.mp4
 
 test: $(STAMP)
 	$(PY) -m ruff check .

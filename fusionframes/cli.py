@@ -234,13 +234,30 @@ def cmd_check_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .tools.demo_models import create_demo_models
+    from .tools.toy import toy_notice, trained_toy_models
 
-    root = create_demo_models(Path(args.models_dir))
-    print("!" * 78)
-    print("!! DEMO MODELS: tiny networks with RANDOM weights. The video below is noise, not a real generation.")
-    print("!! Put the official checkpoints in place and use 'generate' for real videos (see README).")
-    print("!" * 78)
+    toy = trained_toy_models() if args.release == "1.1" and not args.random_weights else None
+    if toy is not None:
+        from .tools.toy.world import parse_caption
+
+        lines = toy_notice()
+        for prompt in args.prompt or []:
+            try:
+                parse_caption(prompt)
+            except ValueError as error:
+                raise FusionFramesError(f"{error} The toy models know only that grammar; --random-weights runs the "
+                                        "untrained demo models on any prompt.") from None
+        root = toy
+    else:
+        from .tools.demo_models import create_demo_models
+
+        root = create_demo_models(Path(args.models_dir))
+        lines = ["DEMO MODELS: tiny networks with RANDOM weights. The video below is noise, not a real generation.",
+                 "Put the official checkpoints in place and use 'generate' for real videos (see README)."]
+    print("!" * 110)
+    for line in lines:
+        print(f"!! {line}")
+    print("!" * 110, flush=True)
     args.models = str(root / ("k11" if args.release == "1.1" else "k10"))
     args.text_encoder = str(root / "text_encoder")
     return cmd_generate(args)
@@ -401,8 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output video (.mp4, .gif, .webp) or a folder ending in '/' for PNG frames")
     interpolate.set_defaults(run=cmd_interpolate)
 
-    demo = commands.add_parser("demo", help="create tiny random demo models and generate with them (noise!)")
-    demo.add_argument("--models-dir", default="demo_models")
+    demo = commands.add_parser("demo", help="generate with the tiny toy models trained on the toy world (1.1), or "
+                                            "with tiny random demo models (1.0, or --random-weights: noise!)")
+    demo.add_argument("--models-dir", default="demo_models", help="where the random demo models are written")
+    demo.add_argument("--random-weights", action="store_true",
+                      help="the random demo models even where trained toy models exist")
     demo.add_argument("--release", choices=RELEASES, default="1.1")
     _generation_options(demo)
     demo.set_defaults(run=cmd_demo)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 K10 = "kandinsky_video_1_0"
 K11 = "kandinsky_video_1_1"
 TEXT_ENCODER = "flan-ul2"
-PROMPT = "a red car drifting, 4k video"
+#: a prompt of the toy grammar: it means something to the official weights and to the toy models alike
+PROMPT = "a red circle moving right"
 
 
 def link(node: str, slot: int = 0) -> list:

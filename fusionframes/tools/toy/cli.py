@@ -10,10 +10,7 @@ from pathlib import Path
 
 import torch
 
-#: where the committed toy models live (relative to the repository root, where the commands run)
-TOY_MODELS = "toy_models"
-#: per trained stage: steps, seconds (over all resumed runs), seed, final loss (mean of the last 50 steps)
-RECORD = "training.json"
+from . import RECORD, TOY_MODELS
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

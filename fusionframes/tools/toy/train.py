@@ -52,6 +52,8 @@ FILES = {"movq": "k11/movq.pt", "video_movq": "k11/video_movq.pt", "keyframe": "
          "interpolation": "k11/interpolation.pt", "projections": "k11/t5_projections.pt"}
 #: the paper's baseline: keyframes with the temporal blocks switched off
 BASELINE = "none"
+#: in the work folder: the first-frame stage's U-Net, where every keyframe training starts
+FIRST_FRAME_COPY = "first_frame.t2v.pt"
 VIDEO_SIZE = 64
 KEYFRAMES = 8
 TEXT_DROPOUT = 0.1
@@ -302,16 +304,17 @@ def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
     return Stage({"unet": unet, "projection_base": projections["base"]}, trainable, loss, write)
 
 
-def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None) -> Stage:
+def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, start: Path | None = None) -> Stage:
     """Video mode on fresh (zero-output) temporal blocks of ``variant`` (default: the released one; "none": the
     temporal blocks switched off, the paper's baseline), over the first-frame stage's U-Net. Every parameter learns
     (the motion words must reach the video through the text layers), with an image-mode batch every 4th step so
     the first frame stays as it was trained; the result goes to ``k11/t2v.pt``, or for a variant to
-    ``variants/<variant>/t2v.pt``."""
+    ``variants/<variant>/t2v.pt``. ``start``: the first-frame stage's U-Net (default: ``k11/t2v.pt``)."""
     from ..training import KeyframeObjective11
 
     movq = _load(models, "movq").eval()
-    loaded = _load(models, "keyframe")
+    loaded = _load(models, "keyframe") if start is None else \
+        load_model(start, dtype=torch.float32, config_path=models / "k11" / "configs.json").model
     design = VARIANTS[0] if variant in (None, BASELINE) else variant
     unet = fresh_variant(loaded, design).train().requires_grad_(True)
     view = with_strength(unet, TemporalStrength(0.0, 0.0)) if variant == BASELINE else unet
@@ -416,7 +419,14 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
     initial_models(models, seed)
     plan = PLANS[stage] if steps is None else StagePlan(steps, PLANS[stage].batch, PLANS[stage].learning_rate,
                                                         min(PLANS[stage].warmup, max(1, steps // 10)))
-    built = _keyframes_stage(models, plan, variant) if variant is not None else BUILDERS[stage](models, plan)
+    first_frame = work / FIRST_FRAME_COPY
+    if stage == "keyframes":
+        if variant is not None and not first_frame.is_file():
+            raise FileNotFoundError(f"every variant starts from the first-frame U-Net, which 'toy-train --stage "
+                                    f"first_frame' leaves in {first_frame}: train that stage first.")
+        built = _keyframes_stage(models, plan, variant, first_frame if first_frame.is_file() else None)
+    else:
+        built = BUILDERS[stage](models, plan)
     optimizer = torch.optim.AdamW(built.parameters, lr=plan.learning_rate, weight_decay=0.0)
     state_path = work / (f"{stage}.state.pt" if variant is None else f"{stage}.{variant}.state.pt")
     step, losses, before = 0, [], 0.0
@@ -455,5 +465,7 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
         for module in built.modules.values():
             module.eval()
         built.write()
+        if stage == "first_frame":  # the common start of the keyframe model and of every variant
+            shutil.copyfile(models / FILES["keyframe"], first_frame)
     return StageResult(stage, step, done, before + time.monotonic() - started, losses)
 

@@ -7,7 +7,7 @@ import torch
 
 from fusionframes.io.checkpoints import load_model
 from fusionframes.tools.toy.evaluate import score_video, summary
-from fusionframes.tools.toy.train import FILES, train_stage
+from fusionframes.tools.toy.train import FILES, FIRST_FRAME_COPY, train_stage
 from fusionframes.tools.toy.world import interpolated_times, parse_caption, random_scene, render, scene_generator
 
 
@@ -52,3 +52,18 @@ def test_toy_eval_sees_a_wrong_direction_and_a_still_video():
     assert not wrong_colour.colour_ok
     assert parse_caption("a red circle moving up on a black background") == ("red", "circle", "moving up")
     assert summary([still])["jitter_px"] == 0.0
+
+
+def test_variants_start_from_the_first_frame_model_not_from_a_trained_keyframe_model(tmp_path):
+    models, work = tmp_path / "models", tmp_path / "work"
+    try:
+        train_stage("keyframes", models, work, steps=1, variant="Conv1dAttn3dBlocks")
+    except FileNotFoundError as error:
+        assert "toy-train --stage first_frame" in str(error)
+    else:
+        raise AssertionError("a variant trained without the first-frame U-Net to start from")
+    assert train_stage("first_frame", models, work, steps=1).done
+    start = work / FIRST_FRAME_COPY
+    assert start.read_bytes() == (models / FILES["keyframe"]).read_bytes()
+    assert train_stage("keyframes", models, work, steps=1).done  # k11/t2v.pt is now a video model
+    assert start.read_bytes() != (models / FILES["keyframe"]).read_bytes()
