@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 from torch import nn
 
@@ -26,10 +27,15 @@ def _checkpoint_input(tooltip: str) -> io.Combo.Input:
 
 def _load(ckpt_name: str, kind: str, dtype_choice: str) -> cm.ManagedModel:
     device = cm.compute_device()
-    dtype = model_dtype(dtype_choice, device, bf16=cm.host_supports_bf16(device))
+    return load_managed(ckpt_name, kind, model_dtype(dtype_choice, device, bf16=cm.host_supports_bf16(device)))
+
+
+def load_managed(ckpt_name: str, kind: str, dtype: torch.dtype) -> cm.ManagedModel:
+    """A model file of the model folders under ComfyUI's memory manager (for the loaders, and the selector's trained
+    variants)."""
     loaded = load_model(cm.checkpoint_path(ckpt_name), expected_kind=kind, dtype=dtype,
                         device=cm.offload_device())
-    if prefers_channels_last(device):
+    if prefers_channels_last(cm.compute_device()):
         use_channels_last(loaded.model)  # the layout survives the memory manager's moves to the GPU
     return cm.manage(loaded.model, loaded.release, kind, ckpt_name)
 

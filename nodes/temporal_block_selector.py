@@ -5,8 +5,16 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..fusionframes.errors import FusionFramesError
-from ..fusionframes.models.temporal.selection import CHOICES, resolve_variant, temporal_strength
+from ..fusionframes.models.temporal.selection import (
+    AUTO,
+    CHOICES,
+    resolve_variant,
+    temporal_strength,
+    trained_variant_name,
+    variant_of,
+)
 from .comfy import models as cm
+from .loaders import load_managed
 from .types import CATEGORY, KeyframeModel
 
 VARIANTS = list(CHOICES)
@@ -26,7 +34,9 @@ class TemporalBlockSelector(io.ComfyNode):
                 KeyframeModel.Input("keyframe_model"),
                 io.Combo.Input("variant", options=VARIANTS, default="auto",
                                tooltip="auto = what the checkpoint holds (the released models: Conv1dAttn1dBlocks). "
-                                       "Another variant needs a checkpoint trained with it, or fresh_blocks."),
+                                       "Another variant needs a checkpoint trained with it: one beside the loaded "
+                                       "file in variants/<variant>/ (as the toy models have) is loaded in its "
+                                       "place, without the loaded model's patches; or fresh_blocks."),
                 io.Float.Input("conv_strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="Temporal convolution blocks: 0 off, 1 trained, >1 exaggerated."),
                 io.Float.Input("attention_strength", default=1.0, min=0.0, max=2.0, step=0.05,
@@ -48,6 +58,11 @@ class TemporalBlockSelector(io.ComfyNode):
         cm.check_widgets(cls, locals())
         if keyframe_model.kind != "keyframe":
             raise ValueError("Temporal Block Selector: connect a model from 'Load FusionFrames Keyframe Model'.")
+        held = variant_of(keyframe_model.module)
+        sibling = trained_variant_name(keyframe_model.name, variant)
+        if variant not in (AUTO, held) and not fresh_blocks and sibling in cm.checkpoint_files():
+            return io.NodeOutput(cls._trained_sibling(keyframe_model, sibling, variant, conv_strength,
+                                                      attention_strength, levels))
         try:
             strength = temporal_strength(keyframe_model.module, conv_strength, attention_strength, levels)
             model = resolve_variant(keyframe_model.module, variant, fresh=fresh_blocks,
@@ -59,3 +74,23 @@ class TemporalBlockSelector(io.ComfyNode):
         managed = cm.manage(model, keyframe_model.release, "keyframe", f"{keyframe_model.name} ({variant}, fresh)")
         managed.options["strength"] = strength
         return io.NodeOutput(managed)
+
+    @staticmethod
+    def _trained_sibling(keyframe_model, name: str, variant: str, conv_strength: float, attention_strength: float,
+                         levels: str):
+        """The checkpoint trained with ``variant`` that lies beside the loaded one, in the loaded one's dtype."""
+        dtype = next(keyframe_model.module.parameters()).dtype
+        try:
+            managed = load_managed(name, "keyframe", dtype)
+            if variant_of(managed.module) != variant:
+                raise FusionFramesError(f"{name} holds {variant_of(managed.module)} temporal blocks, not {variant}; "
+                                        "put the checkpoint trained with that variant there.")
+            if managed.release != keyframe_model.release:
+                raise FusionFramesError(f"{name} is a FusionFrames {managed.release} model, the loaded one "
+                                        f"{keyframe_model.release}.")
+            strength = temporal_strength(managed.module, conv_strength, attention_strength, levels)
+        except FusionFramesError as error:
+            raise ValueError(f"Temporal Block Selector: {error}") from None
+        managed.options.update(keyframe_model.options)
+        managed.options["strength"] = strength
+        return managed

@@ -21,7 +21,7 @@ from ..io.checkpoints import LoadedModel, load_model
 from ..io.video import VideoStream
 from ..models.configs import release_config_for
 from ..models.dtypes import text_dtype as text_dtype_policy
-from ..models.temporal.selection import check_variant, select_temporal_blocks
+from ..models.temporal.selection import AUTO, check_variant, select_temporal_blocks, trained_sibling
 from ..models.text.condition import TextCondition
 from ..models.text.encoder import TextEncoder
 from ..releases import fps_for, release
@@ -113,6 +113,10 @@ class VideoPipeline:
                 kind_dtype = dtype if kind in ("keyframe", "interpolation") else movq_dtype
                 home = torch.device("cpu") if offload else placement.device(kind)
                 models[kind] = load_model(folder / files[kind], expected_kind=kind, dtype=kind_dtype, device=home)
+                sibling = trained_sibling(folder / files[kind], models[kind].model, temporal.get("variant", AUTO)) \
+                    if kind == "keyframe" else None
+                if sibling is not None:  # the variant asked for, trained, beside the checkpoint
+                    models[kind] = load_model(sibling, expected_kind=kind, dtype=kind_dtype, device=home)
                 if kind == "keyframe" and temporal:
                     models[kind].model = select_temporal_blocks(models[kind].model, **temporal)
                 if prefers_channels_last(placement.device(kind)) if channels_last is None else channels_last:

@@ -193,6 +193,59 @@ def test_fp8_text_encoder_and_tiled_decoding_run_the_11_workflow(demo_server):
     assert "at least 64 pixels" in _failure(demo_server, graph)["exception_message"]
 
 
+def _write_trained_variant(folder: Path, variant: str) -> str:
+    """A keyframe checkpoint of ``variant`` with non-zero temporal weights beside ``folder``'s t2v.pt (where the toy
+    models keep theirs); its model-folder name."""
+    import shutil
+
+    import torch
+
+    from fusionframes.io.checkpoints import load_model
+    from fusionframes.models.temporal.selection import fresh_variant, temporal_parameters, trained_variant_name
+    from fusionframes.tools.training import save_checkpoint
+
+    target = Path(trained_variant_name(str(folder / "t2v.pt"), variant))
+    if not target.is_file():
+        model = fresh_variant(load_model(folder / "t2v.pt", dtype=torch.float32).model, variant)
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for _, parameter in temporal_parameters(model):
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+        save_checkpoint(model, {}, target, torch.float16)
+        shutil.copyfile(folder / "configs.json", target.parent / "configs.json")
+    return trained_variant_name(f"{folder.name}/t2v.pt", variant)
+
+
+def test_selector_switches_to_the_trained_variant_beside_the_checkpoint(demo_server):
+    """Choosing a variant the loaded checkpoint lacks loads its trained sibling (variants/<variant>/t2v.pt): the
+    frames are those of loading that file directly, not those of the released blocks."""
+    name = _write_trained_variant(demo_server.base / "models" / "fusionframes" / "kandinsky_video_1_1",
+                                  "Conv1dAttn3dBlocks")
+    graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
+    decode = next(key for key, node in graph.items() if node["class_type"] == "FusionFramesMoVQDecode")
+    graph["frames"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": "variant"}}
+    loader = next(key for key, node in graph.items() if node["class_type"] == "FusionFramesLoadKeyframeModel")
+    sampler = _node(graph, "FusionFramesKeyframeSampler")
+    released = saved_frames(demo_server, demo_server.run(graph, timeout=900), "frames")
+    graph["selector"] = {"class_type": "FusionFramesTemporalBlockSelector",
+                         "inputs": {"keyframe_model": [loader, 0], "variant": "Conv1dAttn3dBlocks",
+                                    "conv_strength": 1.0, "attention_strength": 1.0}}
+    sampler["inputs"]["keyframe_model"] = ["selector", 0]
+    selected = saved_frames(demo_server, demo_server.run(graph, timeout=900), "frames")
+    del graph["selector"]
+    sampler["inputs"]["keyframe_model"] = [loader, 0]
+    graph[loader]["inputs"]["ckpt_name"] = name
+    direct = saved_frames(demo_server, demo_server.run(graph, timeout=900), "frames")
+    assert np.array_equal(selected, direct)
+    assert np.abs(selected.astype(int) - released.astype(int)).max() > 0
+    graph[loader]["inputs"]["ckpt_name"] = "kandinsky_video_1_1/t2v.pt"  # no trained sibling of this variant
+    graph["selector"] = {"class_type": "FusionFramesTemporalBlockSelector",
+                         "inputs": {"keyframe_model": [loader, 0], "variant": "Conv3dAttn1dBlocks",
+                                    "conv_strength": 1.0, "attention_strength": 1.0}}
+    sampler["inputs"]["keyframe_model"] = ["selector", 0]
+    assert "variants/Conv3dAttn1dBlocks/" in _failure(demo_server, graph)["exception_message"]
+
+
 def test_official_11_sampler_refuses_other_step_counts(demo_server):
     graph = shrink(api_workflow("fusionframes_1_1_text_to_video"))
     _node(graph, "FusionFramesKeyframeSampler")["inputs"].update(steps=20)

@@ -3,7 +3,8 @@ blocks of another variant over the same spatial weights, and how strongly (and w
 
 A checkpoint's variant is told from its state-dict keys alone (``io.detect.detect_variant``); layouts in
 ``docs/temporal_variants.md``. Only ``Conv1dAttn1dBlocks`` has released weights: another variant is either loaded
-from a checkpoint that holds it (e.g. one written by ``fusionframes.tools.training``) or started fresh for training.
+from a checkpoint that holds it (e.g. one written by ``fusionframes.tools.training``, or a trained sibling in
+``variants/<variant>/`` beside the checkpoint, as the toy models have) or started fresh for training.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import copy
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
@@ -41,6 +43,13 @@ CHOICES = (AUTO, *VARIANTS)
 STRENGTH_RANGE = (0.0, 2.0)
 
 KeyframeUNet = KeyframeUNet10 | KeyframeUNet11
+
+
+def trained_variant_name(checkpoint: str, variant: str) -> str:
+    """Where the sibling of keyframe ``checkpoint`` trained with ``variant`` blocks lives: ``<its folder>/variants/
+    <variant>/<its file name>`` (a path, or a model-folder name with "/")."""
+    path = PurePosixPath(checkpoint)
+    return str(path.parent / "variants" / variant / path.name)
 
 
 def check_variant(variant: str) -> str:
@@ -127,10 +136,20 @@ def resolve_variant(
     if wanted != held:
         raise CheckpointError(
             f"the checkpoint holds {held} temporal blocks, not {wanted}: no trained {wanted} weights exist in it. "
-            f"Choose 'auto' (or {held}), load a checkpoint trained with {wanted} blocks, or start fresh (untrained) "
-            f"{wanted} blocks for training."
+            f"Choose 'auto' (or {held}), load a checkpoint trained with {wanted} blocks (or put one beside this one "
+            f"as {trained_variant_name('<folder>/<file>', wanted)}), or start fresh (untrained) {wanted} blocks for "
+            "training."
         )
     return model
+
+
+def trained_sibling(checkpoint: str | Path, model: nn.Module, variant: str) -> Path | None:
+    """The file to load in place of keyframe ``checkpoint`` for ``variant``: its trained sibling (see
+    ``trained_variant_name``) when ``model``, loaded from it, holds another variant and the sibling exists."""
+    if variant == AUTO or variant_of(model) == variant:
+        return None
+    sibling = Path(trained_variant_name(Path(checkpoint).as_posix(), variant))
+    return sibling if sibling.is_file() else None
 
 
 def check_strength(value: float, what: str) -> float:

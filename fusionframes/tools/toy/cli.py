@@ -26,7 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None,
                         help="with --stage keyframes: train this temporal variant (Conv1dAttn1dBlocks, "
                              "Conv1dAttn3dBlocks, Conv3dAttn1dBlocks, Conv1dAttn1dLayers) or the 'none' baseline "
-                             "into <models>/variants/<variant>/ (the paper's Table 1 in miniature)")
+                             "into <models>/k11/variants/<variant>/ (the paper's Table 1 in miniature)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
 
@@ -82,17 +82,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", choices=["low", "medium", "high"], default="medium")
     parser.add_argument("--keyframes", type=int, default=8)
     parser.add_argument("--variant", default=None,
-                        help="evaluate a trained variant (<models>/variants/<variant>/t2v.pt) instead of the main "
+                        help="evaluate a trained variant (<models>/k11/variants/<variant>/t2v.pt) instead of the main "
                              "keyframe model; 'none': the baseline, its temporal blocks off")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ...models.temporal.selection import trained_variant_name
     from .evaluate import PROMPTS, run_eval
     from .train import BASELINE
 
     models = Path(args.models)
     seeds = tuple(int(seed) for seed in args.seeds.split(","))
-    keyframe = None if args.variant is None else models / "variants" / args.variant / "t2v.pt"
+    keyframe = None if args.variant is None else Path(trained_variant_name((models / "k11" / "t2v.pt").as_posix(),
+                                                                          args.variant))
     if keyframe is not None and not keyframe.is_file():
         print(f"error: no trained variant {args.variant!r} at {keyframe}; train it with "
               f"'python -m fusionframes toy-train --stage keyframes --variant {args.variant}'", file=sys.stderr)

@@ -35,7 +35,13 @@ from torch import nn
 
 from ...io.checkpoints import load_model
 from ...models.movq.model import MoVQ
-from ...models.temporal.selection import VARIANTS, fresh_variant, temporal_parameters, with_strength
+from ...models.temporal.selection import (
+    VARIANTS,
+    fresh_variant,
+    temporal_parameters,
+    trained_variant_name,
+    with_strength,
+)
 from ...models.text.condition import TextCondition
 from ...models.text.encoder import TextEncoder, project_states, run_t5
 from ...models.text.projections import TextProjection, load_projections
@@ -309,7 +315,7 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, 
     temporal blocks switched off, the paper's baseline), over the first-frame stage's U-Net. Every parameter learns
     (the motion words must reach the video through the text layers), with an image-mode batch every 4th step so
     the first frame stays as it was trained; the result goes to ``k11/t2v.pt``, or for a variant to
-    ``variants/<variant>/t2v.pt``. ``start``: the first-frame stage's U-Net (default: ``k11/t2v.pt``)."""
+    ``k11/variants/<variant>/t2v.pt``. ``start``: the first-frame stage's U-Net (default: ``k11/t2v.pt``)."""
     from ..training import KeyframeObjective11
 
     movq = _load(models, "movq").eval()
@@ -337,7 +343,9 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, 
         return objective.loss(view, latents, context.repeat_interleave(KEYFRAMES, 0),
                               mask.repeat_interleave(KEYFRAMES, 0), KEYFRAMES)
 
-    target = models / FILES["keyframe"] if variant is None else models / "variants" / variant / "t2v.pt"
+    target = models / FILES["keyframe"]
+    if variant is not None:
+        target = Path(trained_variant_name(target.as_posix(), variant))
 
     def write() -> None:
         save_checkpoint(unet, extras, target, torch.float16)
@@ -408,7 +416,7 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
                 variant: str | None = None) -> StageResult:
     """Train ``stage`` (continuing from ``<work>/<stage>.state.pt``) until its step count or ``time_limit``
     seconds; writes the stage's model files into ``models`` when it completes. ``variant`` (keyframes only): train
-    that temporal variant (or the "none" baseline) into ``variants/<variant>/`` instead of the main model."""
+    that temporal variant (or the "none" baseline) into ``k11/variants/<variant>/`` instead of the main model."""
     if stage not in BUILDERS:
         raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}.")
     if variant is not None and (stage != "keyframes" or variant not in (*VARIANTS, BASELINE)):

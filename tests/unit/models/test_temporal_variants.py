@@ -25,6 +25,7 @@ from fusionframes.models.temporal.selection import (
     parse_levels,
     select_temporal_blocks,
     temporal_layers,
+    trained_variant_name,
     variant_of,
 )
 from fusionframes.models.unet.interpolation import InterpolationUNet11
@@ -167,6 +168,32 @@ def test_variant_checkpoint_round_trips_through_the_loader(demo: Path, tmp_path:
     assert select_temporal_blocks(loaded, variant).design.name == variant  # its weights are there now
     args = _inputs(loaded)
     torch.testing.assert_close(loaded(*args), fresh(*args), rtol=0, atol=0)
+
+
+def test_a_trained_variant_beside_the_checkpoint_is_what_the_pipeline_uses(demo: Path, tmp_path: Path) -> None:
+    """``variants/<variant>/t2v.pt`` beside the keyframe checkpoint (the toy models' layout): asking for that variant
+    loads it; asking for the checkpoint's own variant, or for one with no trained sibling, does not."""
+    import shutil
+
+    from fusionframes.runtime.pipeline import VideoPipeline
+
+    folder = tmp_path / "k11"
+    shutil.copytree(demo / "k11", folder)
+    trained = _randomised(select_temporal_blocks(_keyframe(demo, "1.1"), "Conv1dAttn3dBlocks", fresh=True))
+    sibling = save_checkpoint(trained, {}, Path(trained_variant_name(str(folder / "t2v.pt"), "Conv1dAttn3dBlocks")))
+    assert sibling == folder / "variants" / "Conv1dAttn3dBlocks" / "t2v.pt"
+    shutil.copyfile(folder / "configs.json", sibling.parent / "configs.json")
+
+    def keyframe(variant: str) -> torch.nn.Module:
+        return VideoPipeline.from_folder(folder, None, temporal={"variant": variant}).models["keyframe"].model
+
+    chosen = keyframe("Conv1dAttn3dBlocks")
+    assert variant_of(chosen) == "Conv1dAttn3dBlocks"
+    for name, value in trained.state_dict().items():
+        assert torch.equal(chosen.state_dict()[name], value), name
+    assert variant_of(keyframe("auto")) == variant_of(keyframe("Conv1dAttn1dBlocks")) == "Conv1dAttn1dBlocks"
+    with pytest.raises(CheckpointError, match="variants/Conv3dAttn1dBlocks/"):
+        keyframe("Conv3dAttn1dBlocks")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
