@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO))
 from fusionframes.tools.comfy_host import BASE_DIR, HOST_DIR, ComfyServer, ensure_host, execution_error, output_items  # noqa: E402
 from fusionframes.tools.demo_models import create_demo_models  # noqa: E402
 from fusionframes.tools.toy import toy_notice, trained_toy_models  # noqa: E402
+from fusionframes.tools.toy.train import KEYFRAMES as TOY_KEYFRAMES  # noqa: E402
+from fusionframes.tools.toy.train import VIDEO_SIZE as TOY_SIZE  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "api" / "fusionframes_1_1_text_to_video.json"
 RELEASE_DIR = "kandinsky_video_1_1"
@@ -32,7 +34,7 @@ REAL_FILES = ("t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt", "t5_proj
 DEMO_MARKER = "DEMO_MODELS_RANDOM_WEIGHTS.txt"
 TOY_MARKER = "TOY_MODELS_SYNTHETIC_WORLD.txt"
 DEMO_SIZE = 128
-TOY_SIZE, TOY_KEYFRAMES, TOY_PROMPT = 64, 8, "a red circle moving right"
+TOY_PROMPT = "a red circle moving right"
 
 
 def real_weights_present(base: Path) -> bool:

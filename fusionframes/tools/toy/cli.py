@@ -63,9 +63,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"{name}: stopped at step {result.steps} (time limit); the same command continues")
             return 0
         tail = result.losses[-50:]
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}  # another stage may have ended
         record[name] = {"steps": result.steps, "seconds": round(result.seconds), "seed": args.seed,
                         "final_loss": sum(tail) / len(tail), "threads": torch.get_num_threads()}
-        partial = record_path.with_name(f".{RECORD}.partial")
+        partial = record_path.with_name(f".{RECORD}.{name.replace('/', '.')}.partial")
         partial.write_text(json.dumps(record, indent=1) + "\n")
         partial.replace(record_path)
         print(f"{name}: {result.steps} steps in {result.seconds:.0f} s, final loss {record[name]['final_loss']:.5f}; "

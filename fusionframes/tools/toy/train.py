@@ -68,18 +68,21 @@ OnStep = Callable[[str, int, int, float], None]
 
 @dataclass(frozen=True)
 class StagePlan:
-    """How long and how a stage trains: ``batch`` scenes per step."""
+    """How long and how a stage trains: ``batch`` scenes per step. ``extended_from``: the lengths of the shorter
+    plans the stage was first trained on, each to its end, before it was extended (up to each, the learning rate
+    follows that plan's schedule; after, this one's), so the same command retrains what was trained."""
 
     steps: int
     batch: int
     learning_rate: float
     warmup: int = 100
+    extended_from: tuple[int, ...] = ()
 
 
 PLANS = {
     "movq": StagePlan(1500, 8, 1e-3),
     "video_movq": StagePlan(400, 2, 5e-4),
-    "first_frame": StagePlan(4000, 16, 1e-3),
+    "first_frame": StagePlan(8000, 16, 1e-3, extended_from=(4000,)),
     "keyframes": StagePlan(3000, 4, 1e-3),
     "interpolation": StagePlan(3000, 4, 1e-3),
 }
@@ -95,7 +98,10 @@ class StageResult:
 
 
 def learning_rate(plan: StagePlan, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
+    """Linear warm-up, then cosine decay to a tenth (of the first plan ``step`` falls in; see ``extended_from``)."""
+    for end in plan.extended_from:
+        if step < end:
+            return learning_rate(StagePlan(end, plan.batch, plan.learning_rate, plan.warmup), step)
     if step < plan.warmup:
         return plan.learning_rate * (step + 1) / plan.warmup
     progress = (step - plan.warmup) / max(1, plan.steps - plan.warmup)
@@ -425,8 +431,9 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
     models, work = Path(models), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     initial_models(models, seed)
-    plan = PLANS[stage] if steps is None else StagePlan(steps, PLANS[stage].batch, PLANS[stage].learning_rate,
-                                                        min(PLANS[stage].warmup, max(1, steps // 10)))
+    plan = PLANS[stage] if steps is None else StagePlan(
+        steps, PLANS[stage].batch, PLANS[stage].learning_rate, min(PLANS[stage].warmup, max(1, steps // 10)),
+        tuple(end for end in PLANS[stage].extended_from if end < steps))
     first_frame = work / FIRST_FRAME_COPY
     if stage == "keyframes":
         if variant is not None and not first_frame.is_file():

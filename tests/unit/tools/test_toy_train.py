@@ -7,7 +7,7 @@ import torch
 
 from fusionframes.io.checkpoints import load_model
 from fusionframes.tools.toy.evaluate import score_video, summary
-from fusionframes.tools.toy.train import FILES, FIRST_FRAME_COPY, train_stage
+from fusionframes.tools.toy.train import FILES, FIRST_FRAME_COPY, StagePlan, learning_rate, train_stage
 from fusionframes.tools.toy.world import interpolated_times, parse_caption, random_scene, render, scene_generator
 
 
@@ -67,3 +67,11 @@ def test_variants_start_from_the_first_frame_model_not_from_a_trained_keyframe_m
     assert start.read_bytes() == (models / FILES["keyframe"]).read_bytes()
     assert train_stage("keyframes", models, work, steps=1).done  # k11/t2v.pt is now a video model
     assert start.read_bytes() != (models / FILES["keyframe"]).read_bytes()
+
+
+def test_an_extended_plan_retrains_with_the_learning_rates_it_was_trained_with():
+    extended = StagePlan(800, 2, 1e-3, warmup=10, extended_from=(400,))
+    first, second = StagePlan(400, 2, 1e-3, warmup=10), StagePlan(800, 2, 1e-3, warmup=10)
+    assert [learning_rate(extended, s) for s in range(400)] == [learning_rate(first, s) for s in range(400)]
+    assert [learning_rate(extended, s) for s in range(400, 800)] == [learning_rate(second, s) for s in range(400, 800)]
+    assert learning_rate(extended, 400) > 4 * learning_rate(extended, 399)  # the extension raised it again
