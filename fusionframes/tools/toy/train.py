@@ -4,9 +4,11 @@ The models are the official classes at the demo models' size (``tools.demo_model
 demo models' random weights and are written in the official file layout, so the loaders read them as they read the
 real checkpoints. Stages, in order (each reads what the earlier ones wrote into the models folder)::
 
-    movq           the image MoVQ: reconstruction of 64 and 128 px frames (latents kept near unit scale)
+    movq           the image MoVQ: reconstruction of 64 and 128 px frames (latents kept inside [-1, 1], where
+                   the official samplers clamp their x0 predictions)
     video_movq     the temporal MoVQ: its decoder from the image MoVQ's, its temporal layers on clips
-    first_frame    text projection + keyframe U-Net in image mode (the first frame at twice the video's size), eps
+    first_frame    text projection + keyframe U-Net in image mode on clips' first frames (at twice the video's size
+                   and at its size), eps
     keyframes      the keyframe U-Net in video mode on fresh temporal blocks, every parameter (the paper froze the
                    text-to-image part; here the motion words must reach the video through it), image-mode batches
                    in between; ``variant``: one of the paper's other designs, or the baseline without temporal blocks
@@ -63,6 +65,8 @@ FIRST_FRAME_COPY = "first_frame.t2v.pt"
 VIDEO_SIZE = 64
 KEYFRAMES = 8
 TEXT_DROPOUT = 0.1
+#: the image MoVQ's latents: their mean square, and the bound they are kept inside (the samplers' x0 clamp is 1)
+LATENT_POWER, LATENT_LIMIT = 0.2, 0.9
 OnStep = Callable[[str, int, int, float], None]
 
 
@@ -82,9 +86,9 @@ class StagePlan:
 PLANS = {
     "movq": StagePlan(1500, 8, 1e-3),
     "video_movq": StagePlan(400, 2, 5e-4),
-    "first_frame": StagePlan(8000, 16, 1e-3, extended_from=(4000,)),
-    "keyframes": StagePlan(3000, 4, 1e-3),
-    "interpolation": StagePlan(3000, 4, 1e-3),
+    "first_frame": StagePlan(8000, 16, 1e-3),
+    "keyframes": StagePlan(6000, 4, 1e-3),
+    "interpolation": StagePlan(5000, 4, 1e-3),
 }
 
 
@@ -227,11 +231,14 @@ def _movq_stage(models: Path, plan: StagePlan) -> Stage:
         times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
         images = _frames(scenes, times, size)
         latents = _with_grad(MoVQ.encode)(movq, images)
-        # unit-scale latents suit the diffusion schedules; noise on them makes the decoder forgiving
-        scale = (latents.pow(2).mean() - 1).pow(2)
-        noisy = latents + 0.1 * torch.randn(latents.shape, generator=generator)
+        # the official 1.1 samplers clamp every x0 prediction to [-1, 1], so the latents must lie inside it: a
+        # scale that leaves room (mean square LATENT_POWER) and a hinge on what pokes out; noise on the latents
+        # makes the decoder forgiving
+        scale = (latents.pow(2).mean() - LATENT_POWER).pow(2)
+        outside = F.relu(latents.abs() - LATENT_LIMIT).pow(2).mean()
+        noisy = latents + 0.05 * torch.randn(latents.shape, generator=generator)
         decoded = _with_grad(MoVQ.decode)(movq, noisy)
-        return F.l1_loss(decoded, images) + F.mse_loss(decoded, images) + 0.01 * scale
+        return F.l1_loss(decoded, images) + F.mse_loss(decoded, images) + 0.01 * scale + outside
 
     def write() -> None:
         _atomic_save(_half(movq), models / FILES["movq"])
@@ -285,8 +292,8 @@ def _first_frame_loss(movq: MoVQ, unet: nn.Module, projection: nn.Module, captio
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
         size = 2 * VIDEO_SIZE if step % 2 == 0 else VIDEO_SIZE
         scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
-        times = [float(torch.randint(KEYFRAMES, (), generator=generator))]
-        latents = _latents(movq, _frames(scenes, times, size))
+        # the clip's first frame: where the shape starts tells which way it will move, as the video model expects
+        latents = _latents(movq, _frames(scenes, [0.0], size))
         steps = torch.randint(0, schedule.num_train_timesteps, (len(scenes),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
