@@ -39,6 +39,8 @@ from ..sampling.schedules import K10Schedule, K11Schedule
 #: called after every step with (step, total steps, loss)
 OnTrainStep = Callable[[int, int, float], None]
 TRAIN_TIMESTEPS = 1000
+#: where ``TrainingConfig.noisy_share`` draws its timesteps from
+NOISY_FROM = 600
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "cpu"
     save_every: int = 0
+    #: share of steps whose timestep comes from the noisiest NOISY_FROM.. steps, where the layout of the whole clip
+    #: (where things are, which way they move) is decided; the rest uniform. 0: uniform, the usual objective
+    noisy_share: float = 0.0
 
 
 @dataclass
@@ -218,6 +223,16 @@ def text_encoder_for(config: TrainingConfig, loaded: LoadedModel, device: torch.
 # objectives
 
 
+def training_timesteps(generator: torch.Generator, count: int, noisy_share: float = 0.0) -> torch.Tensor:
+    """``count`` training timesteps: uniform, or with ``noisy_share`` of them from the noisiest steps (see
+    ``TrainingConfig.noisy_share``). With a share of 0 the draws are exactly the uniform ones."""
+    uniform = torch.randint(0, TRAIN_TIMESTEPS, (count,), generator=generator)
+    if noisy_share <= 0:
+        return uniform
+    noisy = torch.randint(NOISY_FROM, TRAIN_TIMESTEPS, (count,), generator=generator)
+    return torch.where(torch.rand(count, generator=generator) < noisy_share, noisy, uniform)
+
+
 class KeyframeObjective:
     """Noise a batch of clips at one random training step and return the eps-prediction loss."""
 
@@ -233,7 +248,7 @@ class KeyframeObjective:
         return torch.randn(shape, generator=self.generator).to(device)
 
     def _timestep(self) -> int:
-        return int(torch.randint(0, TRAIN_TIMESTEPS, (1,), generator=self.generator))
+        return int(training_timesteps(self.generator, 1, self.config.noisy_share))
 
     def loss(self, unet: torch.nn.Module, latents: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
              frames: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ from ...models.unet.keyframe import TemporalStrength
 from ...releases import MOTION_SCORES, OFFICIAL, skip_frames
 from ...sampling.schedules import K11Schedule
 from ..demo_models import TOKENS_LENGTH, create_demo_models
-from ..training import TrainingConfig, save_checkpoint
+from ..training import TrainingConfig, save_checkpoint, training_timesteps
 from . import world
 
 STAGES = ("movq", "video_movq", "first_frame", "keyframes", "interpolation")
@@ -65,6 +65,9 @@ FIRST_FRAME_COPY = "first_frame.t2v.pt"
 VIDEO_SIZE = 64
 KEYFRAMES = 8
 TEXT_DROPOUT = 0.1
+#: share of the U-Nets' training steps at the noisiest timesteps: where the first frame's layout and the clip's
+#: motion are decided (uniform timesteps left the first set moving shapes in directions set by the noise)
+NOISY_SHARE = 0.5
 #: the image MoVQ's latents: their mean square, and the bound they are kept inside (the samplers' x0 clamp is 1)
 LATENT_POWER, LATENT_LIMIT = 0.2, 0.9
 OnStep = Callable[[str, int, int, float], None]
@@ -294,7 +297,7 @@ def _first_frame_loss(movq: MoVQ, unet: nn.Module, projection: nn.Module, captio
         scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
         # the clip's first frame: where the shape starts tells which way it will move, as the video model expects
         latents = _latents(movq, _frames(scenes, [0.0], size))
-        steps = torch.randint(0, schedule.num_train_timesteps, (len(scenes),), generator=generator)
+        steps = training_timesteps(generator, len(scenes), NOISY_SHARE)
         noise = torch.randn(latents.shape, generator=generator)
         dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
         context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
@@ -341,7 +344,7 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, 
     captions = Captions(models)
     official = OFFICIAL["1.1"]
     settings = TrainingConfig(Path(), Path(), Path(), noise_augmentation=official.noise_augmentation,
-                              motion_score=MOTION_SCORES[official.motion])
+                              motion_score=MOTION_SCORES[official.motion], noisy_share=NOISY_SHARE)
     extras = _file_extras(models, "keyframe")
     image_loss = _first_frame_loss(movq, unet, projection, captions, plan)
 

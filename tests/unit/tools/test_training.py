@@ -150,3 +150,14 @@ def test_command_line_reports_errors(demo: Path, tmp_path: Path, capsys: pytest.
     code = main(["train-temporal", "--checkpoint", str(demo / "k11" / "t2v.pt"), "--videos", str(tmp_path),
                  "--out", str(tmp_path / "x.pt"), "--size", str(SIZE)])
     assert code == 2 and "no video files" in capsys.readouterr().err
+
+
+def test_a_noisy_share_moves_training_steps_to_the_noisiest_timesteps_and_none_leaves_them_uniform():
+    from fusionframes.tools.training import NOISY_FROM, TRAIN_TIMESTEPS, training_timesteps
+
+    uniform = torch.randint(0, TRAIN_TIMESTEPS, (4000,), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(training_timesteps(torch.Generator().manual_seed(5), 4000), uniform)
+    biased = training_timesteps(torch.Generator().manual_seed(5), 4000, noisy_share=0.5)
+    assert biased.min() >= 0 and biased.max() < TRAIN_TIMESTEPS
+    share = float((biased >= NOISY_FROM).float().mean())  # 0.5 + 0.5 * 0.4 expected
+    assert 0.66 < share < 0.74, share
