@@ -58,9 +58,10 @@ class TemporalBlockSelector(io.ComfyNode):
         cm.check_widgets(cls, locals())
         if keyframe_model.kind != "keyframe":
             raise ValueError("Temporal Block Selector: connect a model from 'Load FusionFrames Keyframe Model'.")
-        held = variant_of(keyframe_model.module)
+        # a model-folder name, so only files inside the model folders are found (as the loaders resolve them)
         sibling = trained_variant_name(keyframe_model.name, variant)
-        if variant not in (AUTO, held) and not fresh_blocks and sibling in cm.checkpoint_files():
+        if variant not in (AUTO, variant_of(keyframe_model.module)) and not fresh_blocks and \
+                sibling in cm.checkpoint_files():
             return io.NodeOutput(cls._trained_sibling(keyframe_model, sibling, variant, conv_strength,
                                                       attention_strength, levels))
         try:
@@ -82,12 +83,7 @@ class TemporalBlockSelector(io.ComfyNode):
         dtype = next(keyframe_model.module.parameters()).dtype
         try:
             managed = load_managed(name, "keyframe", dtype)
-            if variant_of(managed.module) != variant:
-                raise FusionFramesError(f"{name} holds {variant_of(managed.module)} temporal blocks, not {variant}; "
-                                        "put the checkpoint trained with that variant there.")
-            if managed.release != keyframe_model.release:
-                raise FusionFramesError(f"{name} is a FusionFrames {managed.release} model, the loaded one "
-                                        f"{keyframe_model.release}.")
+            resolve_variant(managed.module, variant)  # the sibling holds what its place says
             strength = temporal_strength(managed.module, conv_strength, attention_strength, levels)
         except FusionFramesError as error:
             raise ValueError(f"Temporal Block Selector: {error}") from None

@@ -4,8 +4,8 @@ It installs ComfyUI 0.3.75 and the pack into .host/ (first run only), puts model
 queues the shipped 1.1 text-to-video workflow through POST /prompt and prints the MP4 it wrote as its last line.
 Real weights are used when they are in place (.host/base/models/fusionframes/kandinsky_video_1_1/ and
 .host/base/models/text_encoders/flan-ul2/); otherwise the tiny toy models trained on the project's synthetic world
-(toy_models/) are installed there, and the prompt is one of their grammar ("a red circle moving right"). Without
-trained toy models, tiny demo models with random weights are created, and the video is noise.
+(toy_models/) are installed there; the workflow's prompt ("a red circle moving right") is one of their grammar.
+Without trained toy models, tiny demo models with random weights are created, and the video is noise.
 
     python scripts/comfyui_demo.py [--keep-running] [--port 8188] [--prompt "..."]
 """
@@ -34,7 +34,6 @@ REAL_FILES = ("t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt", "t5_proj
 DEMO_MARKER = "DEMO_MODELS_RANDOM_WEIGHTS.txt"
 TOY_MARKER = "TOY_MODELS_SYNTHETIC_WORLD.txt"
 DEMO_SIZE = 128
-TOY_PROMPT = "a red circle moving right"
 
 
 def real_weights_present(base: Path) -> bool:
@@ -72,11 +71,12 @@ def shout(lines: list[str]) -> None:
     print("!" * 90, flush=True)
 
 
-def demo_graph(prompt: str, models: str) -> dict:
-    """The shipped workflow with ``prompt``, at the size the ``models`` ("real", "toy" or "random") are made for."""
+def demo_graph(prompt: str | None, models: str) -> dict:
+    """The shipped workflow with ``prompt`` (None: its own), at the size the ``models`` ("real", "toy" or "random")
+    are made for."""
     graph = json.loads(WORKFLOW.read_text())
     for node in graph.values():
-        if node["class_type"] == "FusionFramesTextEncode":
+        if node["class_type"] == "FusionFramesTextEncode" and prompt is not None:
             node["inputs"]["prompt"] = prompt
         if node["class_type"] == "FusionFramesKeyframeSampler" and models == "toy":
             node["inputs"].update(width=TOY_SIZE, height=TOY_SIZE, keyframes=TOY_KEYFRAMES)
@@ -87,8 +87,7 @@ def demo_graph(prompt: str, models: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", default=None,
-                        help=f"default: {TOY_PROMPT!r} with the toy models, else 'a red car drifting, 4k video'")
+    parser.add_argument("--prompt", default=None, help="default: the workflow's, a prompt of the toy grammar")
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--keep-running", action="store_true",
                         help="leave the server running afterwards (open its URL in a browser; Ctrl-C stops it)")
@@ -108,14 +107,15 @@ def main() -> int:
         shout(["No official weights found in .host/base/models: using TINY DEMO MODELS WITH RANDOM WEIGHTS.",
                "The video will be NOISE. It shows that the whole ComfyUI pipeline runs, not what the model can do.",
                *where])
-    prompt = args.prompt or (TOY_PROMPT if models == "toy" else "a red car drifting, 4k video")
     server = ComfyServer(base=BASE_DIR, port=args.port, prepare=install_demo_models if demo else None)
     server.start()
     try:
         print(f"==> ComfyUI is up at {server.url} ({server.start_seconds:.1f} s); queueing the 1.1 text-to-video "
               "workflow through POST /prompt", flush=True)
+        graph = demo_graph(args.prompt, models)
+        prompt = next(n["inputs"]["prompt"] for n in graph.values() if n["class_type"] == "FusionFramesTextEncode")
         print(f"==> prompt: {prompt!r}", flush=True)
-        entry = server.wait(server.queue(demo_graph(prompt, models)), timeout=3600)
+        entry = server.wait(server.queue(graph), timeout=3600)
         if entry["status"]["status_str"] != "success":
             error = execution_error(entry) or entry["status"]
             print(f"error: the workflow failed: {json.dumps(error)[:2000]}", file=sys.stderr)

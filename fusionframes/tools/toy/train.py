@@ -225,7 +225,7 @@ def _latents(movq: MoVQ, images: torch.Tensor) -> torch.Tensor:
         return movq.encode(images)
 
 
-def _movq_stage(models: Path, plan: StagePlan) -> Stage:
+def _movq_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     movq = _load(models, "movq").train().requires_grad_(True)
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
@@ -249,7 +249,7 @@ def _movq_stage(models: Path, plan: StagePlan) -> Stage:
     return Stage({"movq": movq}, list(movq.parameters()), loss, write)
 
 
-def _video_movq_stage(models: Path, plan: StagePlan) -> Stage:
+def _video_movq_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     image = _load(models, "movq").eval()
     video = _load(models, "video_movq")
     own = video.state_dict()
@@ -308,7 +308,7 @@ def _first_frame_loss(movq: MoVQ, unet: nn.Module, projection: nn.Module, captio
     return loss
 
 
-def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
+def _first_frame_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     movq = _load(models, "movq").eval()
     unet = _load(models, "keyframe").train().requires_grad_(True)
     for _, parameter in temporal_parameters(unet):
@@ -321,22 +321,29 @@ def _first_frame_stage(models: Path, plan: StagePlan) -> Stage:
     def write() -> None:
         save_checkpoint(unet, extras, models / FILES["keyframe"], torch.float16)
         _write_projections(models, projections)
+        # the common start of the keyframe model and of every variant (k11/t2v.pt becomes a video model)
+        shutil.copyfile(models / FILES["keyframe"], work / FIRST_FRAME_COPY)
 
     trainable = [p for p in unet.parameters() if p.requires_grad] + list(projections["base"].parameters())
     return Stage({"unet": unet, "projection_base": projections["base"]}, trainable, loss, write)
 
 
-def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, start: Path | None = None) -> Stage:
+def _keyframes_stage(models: Path, plan: StagePlan, work: Path, variant: str | None = None) -> Stage:
     """Video mode on fresh (zero-output) temporal blocks of ``variant`` (default: the released one; "none": the
     temporal blocks switched off, the paper's baseline), over the first-frame stage's U-Net. Every parameter learns
     (the motion words must reach the video through the text layers), with an image-mode batch every 4th step so
     the first frame stays as it was trained; the result goes to ``k11/t2v.pt``, or for a variant to
-    ``k11/variants/<variant>/t2v.pt``. ``start``: the first-frame stage's U-Net (default: ``k11/t2v.pt``)."""
+    ``k11/variants/<variant>/t2v.pt``. It starts from the first-frame stage's U-Net in ``work`` (without one, a
+    main model starts from ``k11/t2v.pt``)."""
     from ..training import KeyframeObjective11
 
+    start = work / FIRST_FRAME_COPY
+    if variant is not None and not start.is_file():
+        raise FileNotFoundError(f"every variant starts from the first-frame U-Net, which 'toy-train --stage "
+                                f"first_frame' leaves in {start}: train that stage first.")
     movq = _load(models, "movq").eval()
-    loaded = _load(models, "keyframe") if start is None else \
-        load_model(start, dtype=torch.float32, config_path=models / "k11" / "configs.json").model
+    loaded = load_model(start, dtype=torch.float32, config_path=models / "k11" / "configs.json").model \
+        if start.is_file() else _load(models, "keyframe")
     design = VARIANTS[0] if variant in (None, BASELINE) else variant
     unet = fresh_variant(loaded, design).train().requires_grad_(True)
     view = with_strength(unet, TemporalStrength(0.0, 0.0)) if variant == BASELINE else unet
@@ -371,7 +378,7 @@ def _keyframes_stage(models: Path, plan: StagePlan, variant: str | None = None, 
     return Stage({"unet": unet}, [p for p in unet.parameters() if p.requires_grad], loss, write)
 
 
-def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
+def _interpolation_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     movq = _load(models, "movq").eval()
     unet = _load(models, "interpolation").train().requires_grad_(True)
     # the official 1.1 pipeline gives the interpolation the base projection's context (its interpolation projection
@@ -417,7 +424,7 @@ def _interpolation_stage(models: Path, plan: StagePlan) -> Stage:
     return Stage({"unet": unet}, list(unet.parameters()), loss, write)
 
 
-BUILDERS: dict[str, Callable[[Path, StagePlan], Stage]] = {
+BUILDERS: dict[str, Callable[[Path, StagePlan, Path], Stage]] = {
     "movq": _movq_stage, "video_movq": _video_movq_stage, "first_frame": _first_frame_stage,
     "keyframes": _keyframes_stage, "interpolation": _interpolation_stage,
 }
@@ -444,14 +451,7 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
     plan = PLANS[stage] if steps is None else StagePlan(
         steps, PLANS[stage].batch, PLANS[stage].learning_rate, min(PLANS[stage].warmup, max(1, steps // 10)),
         tuple(end for end in PLANS[stage].extended_from if end < steps))
-    first_frame = work / FIRST_FRAME_COPY
-    if stage == "keyframes":
-        if variant is not None and not first_frame.is_file():
-            raise FileNotFoundError(f"every variant starts from the first-frame U-Net, which 'toy-train --stage "
-                                    f"first_frame' leaves in {first_frame}: train that stage first.")
-        built = _keyframes_stage(models, plan, variant, first_frame if first_frame.is_file() else None)
-    else:
-        built = BUILDERS[stage](models, plan)
+    built = BUILDERS[stage](models, plan, work) if variant is None else _keyframes_stage(models, plan, work, variant)
     optimizer = torch.optim.AdamW(built.parameters, lr=plan.learning_rate, weight_decay=0.0)
     state_path = work / (f"{stage}.state.pt" if variant is None else f"{stage}.{variant}.state.pt")
     step, losses, before = 0, [], 0.0
@@ -490,7 +490,5 @@ def train_stage(stage: str, models: Path, work: Path, *, steps: int | None = Non
         for module in built.modules.values():
             module.eval()
         built.write()
-        if stage == "first_frame":  # the common start of the keyframe model and of every variant
-            shutil.copyfile(models / FILES["keyframe"], first_frame)
     return StageResult(stage, step, done, before + time.monotonic() - started, losses)
 

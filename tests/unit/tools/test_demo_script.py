@@ -63,11 +63,16 @@ def test_a_users_own_11_folder_is_left_alone(tmp_path, toy_set):
 
 
 def test_the_toy_graph_runs_at_the_size_and_keyframes_the_models_were_trained_for():
-    graph = comfyui_demo.demo_graph(comfyui_demo.TOY_PROMPT, "toy")
+    from fusionframes.tools.toy.world import parse_caption
+
+    graph = comfyui_demo.demo_graph(None, "toy")
     sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "FusionFramesKeyframeSampler")
     text = next(n["inputs"] for n in graph.values() if n["class_type"] == "FusionFramesTextEncode")
     assert (sampler["width"], sampler["height"], sampler["keyframes"]) == (64, 64, 8)
-    assert text["prompt"] == "a red circle moving right"
+    assert parse_caption(text["prompt"]) == ("red", "circle", "moving right")  # the workflow's own prompt
+    graph = comfyui_demo.demo_graph("a blue square moving up", "toy")
+    assert next(n["inputs"]["prompt"] for n in graph.values() if n["class_type"] == "FusionFramesTextEncode") == \
+        "a blue square moving up"
 
 
 def test_engine_demo_runs_a_trained_toy_set_and_keeps_to_its_grammar(demo, tmp_path, monkeypatch, capsys):
