@@ -69,9 +69,14 @@ class TrainingConfig:
     seed: int = 0
     device: str = "cpu"
     save_every: int = 0
-    #: share of steps whose timestep comes from the noisiest NOISY_FROM.. steps, where the layout of the whole clip
-    #: (where things are, which way they move) is decided; the rest uniform. 0: uniform, the usual objective
+    #: share of steps whose timestep comes from the noisiest steps (``noisy_from`` on), where the layout of the
+    #: whole clip (where things are, which way they move) is decided; the rest uniform. 0: uniform, as usual
     noisy_share: float = 0.0
+    noisy_from: int = NOISY_FROM
+    #: each step's eps loss is weighted by 1 / alpha_bar(t) (the weight a v-prediction loss puts on the same
+    #: error), capped here: at the noisiest steps eps hardly depends on the clip, so the plain loss (1) barely
+    #: teaches the layout that is decided there
+    loss_weight_cap: float = 1.0
 
 
 @dataclass
@@ -223,13 +228,14 @@ def text_encoder_for(config: TrainingConfig, loaded: LoadedModel, device: torch.
 # objectives
 
 
-def training_timesteps(generator: torch.Generator, count: int, noisy_share: float = 0.0) -> torch.Tensor:
-    """``count`` training timesteps: uniform, or with ``noisy_share`` of them from the noisiest steps (see
-    ``TrainingConfig.noisy_share``). With a share of 0 the draws are exactly the uniform ones."""
+def training_timesteps(generator: torch.Generator, count: int, noisy_share: float = 0.0,
+                       noisy_from: int = NOISY_FROM) -> torch.Tensor:
+    """``count`` training timesteps: uniform, or with ``noisy_share`` of them from the noisiest steps, ``noisy_from``
+    on (see ``TrainingConfig.noisy_share``). With a share of 0 the draws are exactly the uniform ones."""
     uniform = torch.randint(0, TRAIN_TIMESTEPS, (count,), generator=generator)
     if noisy_share <= 0:
         return uniform
-    noisy = torch.randint(NOISY_FROM, TRAIN_TIMESTEPS, (count,), generator=generator)
+    noisy = torch.randint(noisy_from, TRAIN_TIMESTEPS, (count,), generator=generator)
     return torch.where(torch.rand(count, generator=generator) < noisy_share, noisy, uniform)
 
 
@@ -248,7 +254,14 @@ class KeyframeObjective:
         return torch.randn(shape, generator=self.generator).to(device)
 
     def _timestep(self) -> int:
-        return int(training_timesteps(self.generator, 1, self.config.noisy_share))
+        return int(training_timesteps(self.generator, 1, self.config.noisy_share, self.config.noisy_from))
+
+    def _weight(self, t: int) -> float:
+        """The loss weight of timestep ``t`` (see ``TrainingConfig.loss_weight_cap``)."""
+        if self.config.loss_weight_cap <= 1.0:
+            return 1.0
+        alpha_bar = float(self.schedule.alphas_cumprod[t])
+        return self.config.loss_weight_cap if alpha_bar * self.config.loss_weight_cap <= 1.0 else 1.0 / alpha_bar
 
     def loss(self, unet: torch.nn.Module, latents: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
              frames: int) -> torch.Tensor:
@@ -269,7 +282,7 @@ class KeyframeObjective10(KeyframeObjective):
         time = torch.full((count,), float(self.schedule.model_time(t)), device=latents.device)
         positions = positions_10(frames).repeat(count // frames).to(latents.device)
         prediction = unet(noisy, time, context, mask, positions, frames)
-        return F.mse_loss(prediction.float(), noise)
+        return self._weight(t) * F.mse_loss(prediction.float(), noise)
 
 
 class KeyframeObjective11(KeyframeObjective):
@@ -303,7 +316,7 @@ class KeyframeObjective11(KeyframeObjective):
         motion = torch.full((count,), self.config.motion_score, dtype=torch.int32, device=device)
         inputs = torch.cat([noisy, condition, frame_mask], dim=1)
         prediction = unet(inputs, time, context, mask, positions, frames, augmentation, motion)
-        return F.mse_loss(prediction.float(), noise)
+        return self._weight(t) * F.mse_loss(prediction.float(), noise)
 
 
 OBJECTIVES: dict[str, type[KeyframeObjective]] = {"1.0": KeyframeObjective10, "1.1": KeyframeObjective11}

@@ -161,3 +161,18 @@ def test_a_noisy_share_moves_training_steps_to_the_noisiest_timesteps_and_none_l
     assert biased.min() >= 0 and biased.max() < TRAIN_TIMESTEPS
     share = float((biased >= NOISY_FROM).float().mean())  # 0.5 + 0.5 * 0.4 expected
     assert 0.66 < share < 0.74, share
+    top = training_timesteps(torch.Generator().manual_seed(5), 4000, noisy_share=1.0, noisy_from=900)
+    assert top.min() >= 900 and top.max() == TRAIN_TIMESTEPS - 1
+
+
+def test_the_layout_weight_scales_the_loss_of_the_noisiest_steps_up_to_its_cap_and_leaves_the_plain_loss_by_default():
+    from fusionframes.tools.training import KeyframeObjective11
+
+    paths = (Path(), Path(), Path())
+    plain = KeyframeObjective11(TrainingConfig(*paths), torch.Generator())
+    weighted = KeyframeObjective11(TrainingConfig(*paths, loss_weight_cap=20.0), torch.Generator())
+    alpha_bar = weighted.schedule.alphas_cumprod
+    assert [plain._weight(t) for t in (0, 500, 999)] == [1.0, 1.0, 1.0]
+    assert weighted._weight(0) == pytest.approx(1.0, abs=1e-4)
+    assert weighted._weight(500) == pytest.approx(1 / float(alpha_bar[500]))  # about 2
+    assert weighted._weight(900) == weighted._weight(999) == 20.0  # alpha_bar 0.024 and 0 (zero terminal SNR)
