@@ -69,10 +69,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "cpu"
     save_every: int = 0
-    #: share of steps whose timestep comes from the noisiest steps (``noisy_from`` on), where the layout of the
-    #: whole clip (where things are, which way they move) is decided; the rest uniform. 0: uniform, as usual
+    #: share of steps whose timestep comes from the noisiest NOISY_FROM.. steps, where the layout of the whole clip
+    #: (where things are, which way they move) is decided; the rest uniform. 0: uniform, the usual objective
     noisy_share: float = 0.0
-    noisy_from: int = NOISY_FROM
     #: each step's eps loss is weighted by 1 / alpha_bar(t) (the weight a v-prediction loss puts on the same
     #: error), capped here: at the noisiest steps eps hardly depends on the clip, so the plain loss (1) barely
     #: teaches the layout that is decided there
@@ -228,14 +227,13 @@ def text_encoder_for(config: TrainingConfig, loaded: LoadedModel, device: torch.
 # objectives
 
 
-def training_timesteps(generator: torch.Generator, count: int, noisy_share: float = 0.0,
-                       noisy_from: int = NOISY_FROM) -> torch.Tensor:
-    """``count`` training timesteps: uniform, or with ``noisy_share`` of them from the noisiest steps, ``noisy_from``
-    on (see ``TrainingConfig.noisy_share``). With a share of 0 the draws are exactly the uniform ones."""
+def training_timesteps(generator: torch.Generator, count: int, noisy_share: float = 0.0) -> torch.Tensor:
+    """``count`` training timesteps: uniform, or with ``noisy_share`` of them from the noisiest steps (see
+    ``TrainingConfig.noisy_share``). With a share of 0 the draws are exactly the uniform ones."""
     uniform = torch.randint(0, TRAIN_TIMESTEPS, (count,), generator=generator)
     if noisy_share <= 0:
         return uniform
-    noisy = torch.randint(noisy_from, TRAIN_TIMESTEPS, (count,), generator=generator)
+    noisy = torch.randint(NOISY_FROM, TRAIN_TIMESTEPS, (count,), generator=generator)
     return torch.where(torch.rand(count, generator=generator) < noisy_share, noisy, uniform)
 
 
@@ -254,14 +252,11 @@ class KeyframeObjective:
         return torch.randn(shape, generator=self.generator).to(device)
 
     def _timestep(self) -> int:
-        return int(training_timesteps(self.generator, 1, self.config.noisy_share, self.config.noisy_from))
+        return int(training_timesteps(self.generator, 1, self.config.noisy_share))
 
     def _weight(self, t: int) -> float:
         """The loss weight of timestep ``t`` (see ``TrainingConfig.loss_weight_cap``)."""
-        if self.config.loss_weight_cap <= 1.0:
-            return 1.0
-        alpha_bar = float(self.schedule.alphas_cumprod[t])
-        return self.config.loss_weight_cap if alpha_bar * self.config.loss_weight_cap <= 1.0 else 1.0 / alpha_bar
+        return 1.0 / max(float(self.schedule.alphas_cumprod[t]), 1.0 / max(self.config.loss_weight_cap, 1.0))
 
     def loss(self, unet: torch.nn.Module, latents: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
              frames: int) -> torch.Tensor:

@@ -69,13 +69,10 @@ TEXT_DROPOUT = 0.1
 #: share of the U-Nets' training steps at the noisiest timesteps: where the first frame's layout and the clip's
 #: motion are decided (uniform timesteps left the first set moving shapes in directions set by the noise)
 NOISY_SHARE = 0.5
-#: the keyframes' loss weight at the noisiest steps (``TrainingConfig.loss_weight_cap``; 1000 is about 1 / alpha_bar
-#: at t = 980, the official sampler's first step, so there the loss is the x0 error): the sampler turns an eps error
-#: e at t = 980 into an x0 error of 32 e, and the first set's keyframe model, trained on the plain eps loss, let the
-#: noise of the first steps decide which way the shapes move
+#: the keyframes' loss weight at the noisiest steps (``TrainingConfig.loss_weight_cap``; about 1 / alpha_bar at
+#: t = 980, the official sampler's first step, where an eps error e becomes an x0 error of 32 e). Part of the
+#: setting whose keyframes read the motion words; on its own it did not make them (docs/toy_world.md)
 LAYOUT_WEIGHT = 1000.0
-#: where the keyframes' noisy share of timesteps starts (``TrainingConfig.noisy_from``)
-LAYOUT_FROM = 600
 #: the image MoVQ's latents: their mean square, and the bound they are kept inside (the samplers' x0 clamp is 1)
 LATENT_POWER, LATENT_LIMIT = 0.2, 0.9
 OnStep = Callable[[str, int, int, float], None]
@@ -360,7 +357,7 @@ def _keyframes_stage(models: Path, plan: StagePlan, work: Path, variant: str | N
     official = OFFICIAL["1.1"]
     settings = TrainingConfig(Path(), Path(), Path(), noise_augmentation=official.noise_augmentation,
                               motion_score=MOTION_SCORES[official.motion], noisy_share=NOISY_SHARE,
-                              noisy_from=LAYOUT_FROM, loss_weight_cap=LAYOUT_WEIGHT)
+                              loss_weight_cap=LAYOUT_WEIGHT)
     extras = _file_extras(models, "keyframe")
     image_loss = _first_frame_loss(movq, unet, projection, captions, plan)
 

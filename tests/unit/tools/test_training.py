@@ -161,8 +161,6 @@ def test_a_noisy_share_moves_training_steps_to_the_noisiest_timesteps_and_none_l
     assert biased.min() >= 0 and biased.max() < TRAIN_TIMESTEPS
     share = float((biased >= NOISY_FROM).float().mean())  # 0.5 + 0.5 * 0.4 expected
     assert 0.66 < share < 0.74, share
-    top = training_timesteps(torch.Generator().manual_seed(5), 4000, noisy_share=1.0, noisy_from=900)
-    assert top.min() >= 900 and top.max() == TRAIN_TIMESTEPS - 1
 
 
 def test_the_layout_weight_scales_the_loss_of_the_noisiest_steps_up_to_its_cap_and_leaves_the_plain_loss_by_default():
