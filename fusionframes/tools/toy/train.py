@@ -94,9 +94,9 @@ class StagePlan:
 PLANS = {
     "movq": StagePlan(1500, 8, 1e-3),
     "video_movq": StagePlan(400, 2, 5e-4),
-    "first_frame": StagePlan(8000, 16, 1e-3),
-    "keyframes": StagePlan(6000, 4, 1e-3),
-    "interpolation": StagePlan(5000, 4, 1e-3),
+    "first_frame": StagePlan(6000, 16, 1e-3),
+    "keyframes": StagePlan(2000, 4, 1e-3),
+    "interpolation": StagePlan(4000, 4, 1e-3),
 }
 
 

@@ -38,7 +38,9 @@ SUPERSAMPLE = 4
 #: the shape's radius (half the side of a square), as a share of the frame side
 RADIUS = (0.11, 0.16)
 #: how far the shape travels along its motion over the whole clip, as a share of the frame side
-TRAVEL = (0.35, 0.5)
+TRAVEL = (0.18, 0.26)
+#: the gap kept between the shape's edge and the frame's edge along the whole path, as a share of the frame side
+EDGE_GAP = 0.02
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,11 @@ def random_scene(generator: torch.Generator, keyframes: int, colour: str | None 
     motion = motion or _choice(generator, list(MOTIONS))
     radius = _uniform(generator, *RADIUS)
     travel = _uniform(generator, *TRAVEL)
-    margin = radius + 0.04
-    dx, dy = MOTIONS[motion]
-    along = (margin, 1 - margin - travel) if (dx + dy) > 0 else (margin + travel, 1 - margin)
-    across = (margin + 0.1, 1 - margin - 0.1)
-    first, second = _uniform(generator, *along), _uniform(generator, *across)
-    start = (first, second) if dx else (second, first)
+    # Both coordinates of the start come from one centred range that leaves room for the travel either way, so the
+    # first frame says nothing about the direction: only the caption does (a model shown right-movers starting on the
+    # left learns "move towards the centre" and ignores the words).
+    low, high = radius + EDGE_GAP + travel, 1 - radius - EDGE_GAP - travel
+    start = (_uniform(generator, low, high), _uniform(generator, low, high))
     phrase = bool(torch.rand((), generator=generator) < 0.25)
     return Scene(colour, shape, motion, start, radius, travel, float(keyframes - 1), phrase)
 
