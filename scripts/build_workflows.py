@@ -157,9 +157,8 @@ def temporal_blocks_side_by_side() -> dict:
     return graph
 
 
-SEGMENT_PROMPTS = ("a red car driving along a coast road, 4k video\n"
-                   "a red car driving through a snowy forest, 4k video\n"
-                   "a red car driving through a city at night, 4k video")
+#: one line per segment, of the toy grammar as PROMPT: the path turns right, then down, then left
+SEGMENT_PROMPTS = "a red circle moving right\na red circle moving down\na red circle moving left"
 
 
 def _save_streamed(movq: str, latent: list, prefix: str) -> dict:

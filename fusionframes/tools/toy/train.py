@@ -95,8 +95,8 @@ PLANS = {
     "movq": StagePlan(1500, 8, 1e-3),
     "video_movq": StagePlan(400, 2, 5e-4),
     "first_frame": StagePlan(6000, 16, 1e-3),
-    "keyframes": StagePlan(2000, 4, 1e-3),
-    "interpolation": StagePlan(4000, 4, 1e-3),
+    "keyframes": StagePlan(4000, 4, 1e-3, extended_from=(2000,)),
+    "interpolation": StagePlan(6000, 4, 1e-3, extended_from=(4000,)),
 }
 
 
