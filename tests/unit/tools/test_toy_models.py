@@ -1,5 +1,5 @@
 """The committed toy models make the videos their prompts ask for: toy-eval (a small version of the issue's set) on
-the weights in ``toy_models/``, through the real pipeline, at medium fps, held to what the set reaches."""
+the weights in ``toy_models/``, through the real pipeline, at medium fps, held to the issue's targets."""
 
 from __future__ import annotations
 
@@ -14,18 +14,27 @@ from fusionframes.tools.toy.evaluate import run_eval
 PROMPTS = ("a red circle moving right", "a green square moving left", "a blue triangle moving up",
            "a yellow circle moving down", "a white square moving right")
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_the_committed_toy_models_meet_the_quality_targets(tmp_path, one_thread):
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory, one_thread) -> dict:
     models = trained_toy_models()
     assert models is not None, "toy_models/ must hold the whole trained 1.1 set (see docs/toy_world.md)"
-    result = run_eval(models / "k11", models / "text_encoder", tmp_path, prompts=PROMPTS, seeds=(1,),
-                      fps="medium")
-    summary = result["summary"]
-    assert summary["videos"] == len(PROMPTS)
-    assert summary["colour_accuracy"] >= 0.8, summary
-    assert summary["direction_accuracy"] >= 0.8, summary
-    # the issue's target is 1 px; the committed set reaches 1.39 here (docs/toy_world.md): this holds what it does
-    assert summary["in_between_error_px"] <= 1.5, summary
-    assert json.loads((tmp_path / "toy_eval.json").read_text())["summary"] == summary
-    assert (tmp_path / "toy_eval.png").stat().st_size > 0
+    out = tmp_path_factory.mktemp("toy_eval")
+    result = run_eval(models / "k11", models / "text_encoder", out, prompts=PROMPTS, seeds=(1,), fps="medium")
+    assert json.loads((out / "toy_eval.json").read_text())["summary"] == result["summary"]
+    assert (out / "toy_eval.png").stat().st_size > 0
+    return result["summary"]
+
+
+def test_the_committed_toy_models_draw_the_prompted_colour_moving_the_prompted_way(evaluation):
+    assert evaluation["videos"] == len(PROMPTS)
+    assert evaluation["colour_accuracy"] >= 0.9, evaluation
+    assert evaluation["direction_accuracy"] >= 0.9, evaluation
+
+
+@pytest.mark.xfail(strict=True, reason="target not met yet: the committed set's in-between error is 1.39 px here "
+                                       "(docs/toy_world.md); an unexpected pass means it is met: drop this mark")
+def test_the_committed_toy_models_put_interpolated_frames_within_a_pixel_of_the_midpoint_path(evaluation):
+    assert evaluation["in_between_error_px"] <= 1.0, evaluation
