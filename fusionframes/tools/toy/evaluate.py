@@ -12,6 +12,10 @@ weights) and read frame by frame. Per video:
   interpolation should reach between its two keyframes (pixels; 0 when frames are exactly in between);
 * stability: the mean relative change of the shape's area from one frame to the next of the decoded video.
 
+With interpolation (medium or high fps) the same prompts and seeds are also interpolated from the world's own
+keyframes (a scene of the prompt, rendered): that in-between error and area change belong to the interpolation U-Net
+and the decoder alone, apart from the keyframe model.
+
 The summary gives the accuracies (share of videos) and the means; a contact sheet shows the keyframes of every video
 next to its prompt.
 """
@@ -28,7 +32,17 @@ import torch
 from PIL import Image, ImageDraw
 
 from .detect import Detection, detect
-from .world import COLOURS, MOTIONS, SHAPES, caption, parse_caption
+from .world import (
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    caption,
+    keyframe_times,
+    parse_caption,
+    random_scene,
+    render,
+    scene_generator,
+)
 
 #: default prompts: each colour, shape and motion at least twice
 PROMPTS = tuple(caption(colour, SHAPES[i % len(SHAPES)], list(MOTIONS)[i % len(MOTIONS)])
@@ -108,6 +122,21 @@ def summary(scores: list[VideoScore]) -> dict[str, Any]:
     }
 
 
+def interpolation_alone(pipeline: Any, prompt: str, index: int, seed: int, fps: str, keyframes: int,
+                        size: int) -> VideoScore:
+    """The score of the world's own keyframes of ``prompt`` (scene ``index`` of world ``seed``) interpolated by
+    ``pipeline`` at ``fps`` and decoded: what the interpolation and the decoder add, with perfect keyframes."""
+    from ...releases import FPS_PASSES, KEYFRAME_FPS
+    from ...runtime.sequencer import VideoRequest
+
+    colour, shape, motion = parse_caption(prompt)
+    scene = random_scene(scene_generator(seed, index), keyframes, colour, shape, motion)
+    frames = render(scene, keyframe_times(keyframes), size)
+    request = VideoRequest(prompt=prompt, fps=fps, seed=seed, keyframes=keyframes)
+    video = pipeline.interpolate_video((frames + 1) / 2, request, source_fps=KEYFRAME_FPS).frames * 2 - 1
+    return score_video(prompt, seed, video, 4 ** FPS_PASSES[fps])
+
+
 def contact_sheet(videos: list[tuple[str, torch.Tensor]], path: Path, step: int, scale: int = 1) -> Path:
     """One row per video: its prompt, then its keyframes (every ``step``-th frame), frames in [-1, 1]."""
     label = 230
@@ -165,7 +194,13 @@ def run_eval(models: Path, text_encoder: Path, out: Path, prompts: tuple[str, ..
             frames = pipeline.generate(request).frames * 2 - 1
             scores.append(score_video(prompt, seed, frames, step))
             videos.append((f"{prompt} (seed {seed})", frames))
-    result = {"summary": summary(scores), "fps": fps, "keyframes": keyframes, "size": size,
+    alone = [interpolation_alone(pipeline, prompt, index, seed, fps, keyframes, size)
+             for index, prompt in enumerate(prompts) for seed in seeds] if step > 1 else []
+    result = {"summary": {**summary(scores),
+                          "interpolation_alone_in_between_error_px": summary(alone)["in_between_error_px"] if alone
+                          else None,
+                          "interpolation_alone_area_change": summary(alone)["area_change"] if alone else None},
+              "fps": fps, "keyframes": keyframes, "size": size,
               "videos": [asdict(s) for s in scores]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "toy_eval.json").write_text(json.dumps(result, indent=1))

@@ -3,12 +3,21 @@ scores what it is shown."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from fusionframes.io.checkpoints import load_model
-from fusionframes.tools.toy.evaluate import score_video, summary
+from fusionframes.tools.toy.evaluate import interpolation_alone, score_video, summary
 from fusionframes.tools.toy.train import FILES, FIRST_FRAME_COPY, StagePlan, learning_rate, train_stage
-from fusionframes.tools.toy.world import interpolated_times, parse_caption, random_scene, render, scene_generator
+from fusionframes.tools.toy.world import (
+    interpolated_times,
+    keyframe_times,
+    parse_caption,
+    random_scene,
+    render,
+    scene_generator,
+)
 
 
 def test_a_stage_stopped_every_step_trains_exactly_as_one_run(tmp_path):
@@ -75,3 +84,33 @@ def test_an_extended_plan_retrains_with_the_learning_rates_it_was_trained_with()
     assert [learning_rate(extended, s) for s in range(400)] == [learning_rate(first, s) for s in range(400)]
     assert [learning_rate(extended, s) for s in range(400, 800)] == [learning_rate(second, s) for s in range(400, 800)]
     assert learning_rate(extended, 400) > 4 * learning_rate(extended, 399)  # the extension raised it again
+
+
+class _Interpolator:
+    """Stands in for the pipeline in ``interpolation_alone``: gives back the scene's true video, or each keyframe
+    held until the next (the frames in between do not move)."""
+
+    def __init__(self, scene, hold: bool) -> None:
+        self.scene, self.hold, self.seen = scene, hold, None
+
+    def interpolate_video(self, frames, request, source_fps):
+        self.seen = (frames, request, source_fps)
+        if self.hold:
+            video = torch.cat([frames[:-1].repeat_interleave(4, 0), frames[-1:]]) * 2 - 1
+        else:
+            video = render(self.scene, interpolated_times(frames.shape[0]), size=frames.shape[-1])
+        return SimpleNamespace(frames=(video + 1) / 2)
+
+
+def test_toy_eval_measures_the_interpolation_alone_on_the_worlds_keyframes():
+    prompt, index, seed = "a yellow square moving down", 3, 2
+    scene = random_scene(scene_generator(seed, index), keyframes=8, colour="yellow", shape="square",
+                         motion="moving down")
+    exact, held = _Interpolator(scene, hold=False), _Interpolator(scene, hold=True)
+    good = interpolation_alone(exact, prompt, index, seed, "medium", 8, 64)
+    frozen = interpolation_alone(held, prompt, index, seed, "medium", 8, 64)
+    frames, request, source_fps = exact.seen
+    assert torch.allclose(frames * 2 - 1, render(scene, keyframe_times(8), size=64))  # the scene's own keyframes
+    assert (request.prompt, request.fps, request.seed, request.keyframes) == (prompt, "medium", seed, 8)
+    assert good.in_between_error < 0.3 and good.direction_ok
+    assert frozen.in_between_error > 0.5  # held keyframes lag the midpoint path
