@@ -4,9 +4,18 @@ the weights in ``toy_models/``, through the real pipeline, at medium fps, held t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from fusionframes.io.checkpoints import load_model
+from fusionframes.models.temporal.selection import (
+    VARIANTS,
+    fresh_variant,
+    temporal_parameters,
+    trained_variant_name,
+    variant_of,
+)
 from fusionframes.tools.toy import trained_toy_models
 from fusionframes.tools.toy.evaluate import run_eval
 
@@ -38,3 +47,22 @@ def test_the_committed_toy_models_draw_the_prompted_colour_moving_the_prompted_w
                                        "(docs/toy_world.md); an unexpected pass means it is met: drop this mark")
 def test_the_committed_toy_models_put_interpolated_frames_within_a_pixel_of_the_midpoint_path(evaluation):
     assert evaluation["in_between_error_px"] <= 1.0, evaluation
+
+
+def test_every_temporal_variant_has_a_trained_keyframe_model_beside_the_main_one():
+    """The Temporal Block Selector switches the toy keyframe model to a variant by loading variants/<variant>/t2v.pt
+    beside it: each of the paper's four is there (the main model is the released one), holds the blocks its place
+    names, and its temporal blocks are trained (fresh ones start at zero output)."""
+    models = trained_toy_models()
+    assert models is not None
+    main = models / "k11" / "t2v.pt"
+    assert variant_of(load_model(main, expected_kind="keyframe").model) == VARIANTS[0]
+    for variant in VARIANTS[1:]:
+        path = Path(trained_variant_name(main.as_posix(), variant))
+        model = load_model(path, expected_kind="keyframe").model
+        assert variant_of(model) == variant, path
+        fresh = dict(temporal_parameters(fresh_variant(model, variant)))
+        trained = dict(temporal_parameters(model))
+        zero_at_start = [name for name, value in fresh.items() if not value.any()]  # what makes fresh blocks silent
+        assert trained.keys() == fresh.keys() and zero_at_start
+        assert any(trained[name].any() for name in zero_at_start), f"{variant}: its temporal blocks are untrained"
