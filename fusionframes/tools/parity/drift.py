@@ -52,10 +52,16 @@ class _Recorder:
         return getattr(self.model, name)
 
 
-def measure(root: str | Path, device: str, dtypes: list[str]) -> list[dict]:
-    """One record per (case, dtype): the differences between our output and the official one."""
+def measure(root: str | Path, device: str, dtypes: list[str], cases: list[str] | None = None) -> list[dict]:
+    """One record per (case, dtype): the differences between our output and the official one. ``cases``: only these
+    (a partial fixture set, e.g. the 1.1 cases alone where the 1.0 models cannot be copied to the GPU machine)."""
+    unknown = sorted(set(cases or ()) - set(FORWARD_CALLS))
+    if unknown:
+        raise ValueError(f"no U-Net forward case {', '.join(unknown)}; the cases are {', '.join(FORWARD_CALLS)}.")
     records = []
     for name, call in FORWARD_CALLS.items():
+        if cases and name not in cases:
+            continue
         case = load_case(root, name)
         expected = case.tensors["out"].float()
         for dtype_name in dtypes:
@@ -77,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("fixtures", help="the golden fixtures (cases/ and models/)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--case", action="append", help="only this case (repeatable; default: every U-Net forward "
+                                                        "case)")
     parser.add_argument("--out", default=None, help="write the records as JSON here")
     args = parser.parse_args(argv)
-    records = measure(args.fixtures, args.device, [d for d in args.dtypes.split(",") if d])
+    try:
+        records = measure(args.fixtures, args.device, [d for d in args.dtypes.split(",") if d], args.case)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for r in records:
         print(f"{r['case']:34} {r['dtype']:5} on {r['device']}: max {r['max_abs']:.3g}, mean {r['mean_abs']:.3g}, "
               f"relative {r['relative']:.3g}")
