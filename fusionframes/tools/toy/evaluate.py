@@ -194,12 +194,11 @@ def run_eval(models: Path, text_encoder: Path, out: Path, prompts: tuple[str, ..
             frames = pipeline.generate(request).frames * 2 - 1
             scores.append(score_video(prompt, seed, frames, step))
             videos.append((f"{prompt} (seed {seed})", frames))
-    alone = [interpolation_alone(pipeline, prompt, index, seed, fps, keyframes, size)
-             for index, prompt in enumerate(prompts) for seed in seeds] if step > 1 else []
+    alone = summary([interpolation_alone(pipeline, prompt, index, seed, fps, keyframes, size)
+                     for index, prompt in enumerate(prompts) for seed in seeds]) if step > 1 else {}
     result = {"summary": {**summary(scores),
-                          "interpolation_alone_in_between_error_px": summary(alone)["in_between_error_px"] if alone
-                          else None,
-                          "interpolation_alone_area_change": summary(alone)["area_change"] if alone else None},
+                          "interpolation_alone_in_between_error_px": alone.get("in_between_error_px"),
+                          "interpolation_alone_area_change": alone.get("area_change")},
               "fps": fps, "keyframes": keyframes, "size": size,
               "videos": [asdict(s) for s in scores]}
     out.mkdir(parents=True, exist_ok=True)
