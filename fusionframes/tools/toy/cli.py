@@ -85,6 +85,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None,
                         help="evaluate a trained variant (<models>/k11/variants/<variant>/t2v.pt) instead of the main "
                              "keyframe model; 'none': the baseline, its temporal blocks off")
+    parser.add_argument("--interpolation-fit", action="store_true",
+                        help="instead: the interpolation U-Net's x0 error and v gains per timestep on the world's own "
+                             "frames (written to <out>/interpolation_fit.json)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -93,6 +96,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from .train import BASELINE
 
     models = Path(args.models)
+    if args.interpolation_fit:
+        from .diagnose import run_fit
+
+        rows = run_fit(models)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "interpolation_fit.json").write_text(json.dumps(rows, indent=1) + "\n")
+        for row in rows:
+            print("t {t:4d}  x0 error {x0_mse:.4f} (blend {blend_mse:.5f})  v gains: x_t {gain_x_t:.3f} of "
+                  "{ideal_gain_x_t:.3f}, blend {gain_blend:.3f} of {ideal_gain_blend:.3f}; residual "
+                  "{residual_variance:.4f}".format(**row))
+        return 0
     seeds = tuple(int(seed) for seed in args.seeds.split(","))
     keyframe = None if args.variant is None else Path(trained_variant_name((models / "k11" / "t2v.pt").as_posix(),
                                                                           args.variant))

@@ -384,6 +384,57 @@ def _keyframes_stage(models: Path, plan: StagePlan, work: Path, variant: str | N
     return Stage({"unet": unet}, [p for p in unet.parameters() if p.requires_grad], loss, write)
 
 
+@dataclass
+class InterpolationBatch:
+    """Scenes cut into frame pairs as the interpolation U-Net sees them: ``keyframes`` (scenes, pairs + 1, 4, h, w)
+    and the 3 frames between each pair side by side in channels, ``x0`` (scenes * pairs, 12, h, w)."""
+
+    scenes: list[world.Scene]
+    keyframes: torch.Tensor
+    x0: torch.Tensor
+
+    @property
+    def pairs(self) -> int:
+        return self.keyframes.shape[1] - 1
+
+    def blend(self) -> torch.Tensor:
+        """The in-between latents blended linearly from each pair's keyframes, laid out as ``x0``: what a perfect
+        interpolation of the toy world's straight motion comes close to."""
+        left, right = self.keyframes[:, :-1], self.keyframes[:, 1:]
+        shares = [j / 4 for j in range(1, 4)]
+        return torch.cat([left * (1 - a) + right * a for a in shares], 2).flatten(0, 1)
+
+
+def interpolation_batch(movq: MoVQ, generator: torch.Generator, count: int, pairs: int) -> InterpolationBatch:
+    """``count`` scenes, each cut at a random keyframe into ``pairs`` consecutive pairs (all of them when ``pairs``
+    is ``KEYFRAMES - 1``, as the 8-keyframe video has)."""
+    scenes = draw_scenes(generator, count, KEYFRAMES)
+    groups = []
+    for scene in scenes:
+        start = int(torch.randint(KEYFRAMES - pairs, (), generator=generator))
+        times = [start + j / 4 for j in range(4 * pairs + 1)]
+        groups.append(_latents(movq, world.render(scene, times, VIDEO_SIZE)))
+    latents = torch.stack(groups)  # (scenes, 4 pairs + 1, 4, h, w)
+    between = torch.stack([latents[:, 4 * p + 1:4 * p + 4].flatten(1, 2) for p in range(pairs)], 1)
+    return InterpolationBatch(scenes, latents[:, ::4], between.flatten(0, 1))
+
+
+def interpolation_prediction(unet: nn.Module, batch: InterpolationBatch, x_t: torch.Tensor, steps: torch.Tensor,
+                             context: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The U-Net's v for noisy in-between latents ``x_t`` at ``steps``, its inputs laid out as the official 1.1
+    sampler lays them out (medium fps); ``keep`` (scenes,): 0 zeroes a scene's keyframes and temporal layers (the
+    unconditional branch)."""
+    pairs, count = batch.pairs, x_t.shape[0]
+    keep = keep.float().repeat_interleave(pairs)
+    left = batch.keyframes[:, :-1].flatten(0, 1) * keep[:, None, None, None]
+    right = batch.keyframes[:, 1:].flatten(0, 1) * keep[:, None, None, None]
+    inputs = torch.cat([left, x_t, right], 1)
+    skips = torch.full((count,), skip_frames(1), dtype=torch.int32)
+    perturbation = torch.zeros(count, dtype=torch.int32)
+    return unet(inputs, steps.float(), context.repeat_interleave(pairs, 0), mask.repeat_interleave(pairs, 0),
+                skips, pairs, perturbation, keep)
+
+
 def _interpolation_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     movq = _load(models, "movq").eval()
     unet = _load(models, "interpolation").train().requires_grad_(True)
@@ -396,32 +447,16 @@ def _interpolation_stage(models: Path, plan: StagePlan, work: Path) -> Stage:
     pairs = 2  # frame pairs per scene and step
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
-        scenes = draw_scenes(generator, plan.batch, KEYFRAMES)
-        groups = []
-        for scene in scenes:
-            start = int(torch.randint(KEYFRAMES - pairs, (), generator=generator))
-            times = [start + j / 4 for j in range(4 * pairs + 1)]
-            groups.append(_latents(movq, world.render(scene, times, VIDEO_SIZE)))
-        latents = torch.stack(groups)  # (scenes, 4 pairs + 1, 4, h, w)
-        keyframes = latents[:, ::4]
-        # the 3 new frames of each pair side by side in channels, as the interpolation U-Net takes them
-        between = torch.stack([latents[:, 4 * p + 1:4 * p + 4].flatten(1, 2) for p in range(pairs)], 1)
-        x0 = between.flatten(0, 1)  # (scenes * pairs, 12, h, w)
-        count = x0.shape[0]
+        batch = interpolation_batch(movq, generator, plan.batch, pairs)
+        count = batch.x0.shape[0]
         steps = torch.randint(0, schedule.num_train_timesteps, (count,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        noise = torch.randn(batch.x0.shape, generator=generator)
         ab = schedule.alphas_cumprod.float()[steps].reshape(-1, 1, 1, 1)
-        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        dropped = torch.rand(len(scenes), generator=generator) < TEXT_DROPOUT
-        context, mask = captions.contexts(projection, [s.caption for s in scenes], unet.null_embedding, dropped)
-        keep = (~dropped).float().repeat_interleave(pairs)
-        left = keyframes[:, :-1].flatten(0, 1) * keep[:, None, None, None]
-        right = keyframes[:, 1:].flatten(0, 1) * keep[:, None, None, None]
-        inputs = torch.cat([left, _noised(schedule, x0, noise, steps), right], 1)
-        skips = torch.full((count,), skip_frames(1), dtype=torch.int32)
-        perturbation = torch.zeros(count, dtype=torch.int32)
-        prediction = unet(inputs, steps.float(), context.repeat_interleave(pairs, 0),
-                          mask.repeat_interleave(pairs, 0), skips, pairs, perturbation, keep)
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * batch.x0
+        dropped = torch.rand(plan.batch, generator=generator) < TEXT_DROPOUT
+        context, mask = captions.contexts(projection, [s.caption for s in batch.scenes], unet.null_embedding, dropped)
+        x_t = _noised(schedule, batch.x0, noise, steps)
+        prediction = interpolation_prediction(unet, batch, x_t, steps, context, mask, ~dropped)
         return F.mse_loss(prediction.float(), target)
 
     def write() -> None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from fusionframes.io.checkpoints import load_model
+from fusionframes.sampling.schedules import K11Schedule
+from fusionframes.tools.toy.diagnose import interpolation_fit
 from fusionframes.tools.toy.evaluate import interpolation_alone, score_video, summary
-from fusionframes.tools.toy.train import FILES, FIRST_FRAME_COPY, StagePlan, learning_rate, train_stage
+from fusionframes.tools.toy.train import (
+    FILES,
+    FIRST_FRAME_COPY,
+    InterpolationBatch,
+    StagePlan,
+    learning_rate,
+    train_stage,
+)
 from fusionframes.tools.toy.world import (
     interpolated_times,
     keyframe_times,
@@ -114,3 +124,39 @@ def test_toy_eval_measures_the_interpolation_alone_on_the_worlds_keyframes():
     assert (request.prompt, request.fps, request.seed, request.keyframes) == (prompt, "medium", seed, 8)
     assert good.in_between_error < 0.3 and good.direction_ok
     assert frozen.in_between_error > 0.5  # held keyframes lag the midpoint path
+
+
+class _VFromBlend(torch.nn.Module):
+    """A stand-in interpolation U-Net whose v is ``scale`` times the v of a model that knows x0 is the blend."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.alphas = K11Schedule(10, spacing="trailing", prediction="v_prediction").alphas_cumprod.float()
+
+    def forward(self, inputs, steps, context, mask, skips, pairs, perturbation, keep):
+        left, x_t, right = inputs[:, :4], inputs[:, 4:16], inputs[:, 16:]
+        blend = torch.cat([left * (1 - a) + right * a for a in (0.25, 0.5, 0.75)], 1)
+        ab = self.alphas[steps.long()].reshape(-1, 1, 1, 1)
+        return self.scale * (ab.sqrt() * x_t - blend) / (1 - ab).sqrt().clamp(min=1e-4)
+
+
+def test_interpolation_fit_tells_a_perfect_v_from_a_shrunk_one():
+    generator = torch.Generator().manual_seed(0)
+    keyframes = torch.randn(2, 8, 4, 8, 8, generator=generator) * 0.4
+    batch = InterpolationBatch([None, None], keyframes, torch.zeros(14, 12, 8, 8))
+    batch.x0 = batch.blend() + 0.01 * torch.randn(14, 12, 8, 8, generator=generator)
+    context, mask = torch.zeros(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    timesteps = (999, 499, 99)
+
+    perfect = interpolation_fit(_VFromBlend(1.0), batch, context, mask, timesteps)
+    for row in perfect:
+        assert abs(row["gain_x_t"] - row["ideal_gain_x_t"]) < 1e-3 * max(1.0, row["ideal_gain_x_t"])
+        assert abs(row["gain_blend"] - row["ideal_gain_blend"]) < 1e-3 * abs(row["ideal_gain_blend"])
+        assert row["residual_variance"] < 1e-6
+        assert abs(row["x0_mse"] - row["blend_mse"]) < 1e-6 and row["blend_mse"] == pytest.approx(1e-4, rel=0.1)
+
+    shrunk = interpolation_fit(_VFromBlend(0.6), batch, context, mask, timesteps)
+    for row in shrunk:
+        assert row["gain_blend"] == pytest.approx(0.6 * row["ideal_gain_blend"], rel=1e-3)
+    assert shrunk[1]["x0_mse"] > 100 * perfect[1]["x0_mse"]
