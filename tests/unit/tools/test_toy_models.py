@@ -43,8 +43,6 @@ def test_the_committed_toy_models_draw_the_prompted_colour_moving_the_prompted_w
     assert evaluation["direction_accuracy"] >= 0.9, evaluation
 
 
-@pytest.mark.xfail(strict=True, reason="target not met yet: the committed set's in-between error is 1.39 px here "
-                                       "(docs/toy_world.md); an unexpected pass means it is met: drop this mark")
 def test_the_committed_toy_models_put_interpolated_frames_within_a_pixel_of_the_midpoint_path(evaluation):
     assert evaluation["in_between_error_px"] <= 1.0, evaluation
 
