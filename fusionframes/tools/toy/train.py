@@ -360,7 +360,10 @@ def _keyframes_stage(models: Path, plan: StagePlan, work: Path, variant: str | N
     start = work / FIRST_FRAME_COPY
     if variant is not None and not start.is_file():
         raise FileNotFoundError(f"every variant starts from the first-frame U-Net, which 'toy-train --stage "
-                                f"first_frame' leaves in {start}: train that stage first.")
+                                f"first_frame' leaves in {start}: train that stage first, into a copy of the "
+                                "set whose k11/t2v.pt and k11/t5_projections.pt are taken out (training it in the "
+                                "committed set would overwrite its keyframe model; docs/toy_world.md, 'The "
+                                "paper's Table 1 in miniature', gives the commands).")
     movq = _load(models, "movq").eval()
     loaded = load_model(start, dtype=torch.float32, config_path=models / "k11" / "configs.json").model \
         if start.is_file() else _load(models, "keyframe")
